@@ -1,0 +1,110 @@
+"""The BlobService contract: blobs are byte strings named by their blake3 digest.
+
+Every backend (memory, fs, gRPC client) subclasses :class:`BlobService` and
+nothing else; the shared conformance suite (``tests/test_blobservice.py``) is
+run against each one. Everything here is blocking: callers that want
+concurrency use threads.
+"""
+
+from __future__ import annotations
+
+import io
+from abc import ABC, abstractmethod
+from types import TracebackType
+
+from tvixd.castore.digest import B3Digest
+
+
+class BlobReader(io.RawIOBase):
+    """A readable, seekable stream over one blob's bytes.
+
+    Contract:
+    - ``read``/``readinto`` return the blob's bytes in order; ``b""`` only at EOF.
+    - ``seek(pos, whence)`` and ``tell()`` work like a file's. Backends that can
+      only stream forward (the gRPC client) raise ``io.UnsupportedOperation`` for
+      backward seeks and ``SEEK_END``; callers that need random access reopen the
+      blob instead (the FUSE layer does).
+    - Backends that verify content raise :class:`tvixd.errors.DataLoss` from
+      ``read`` when the bytes turn out not to hash to the digest: never return
+      the final bytes of a corrupt blob without raising.
+    - ``size`` is the blob's length in bytes when the backend knows it cheaply,
+      else ``None``.
+    """
+
+    size: int | None = None
+
+    def readable(self) -> bool:
+        return True
+
+
+class BlobWriter(ABC):
+    """A byte sink that becomes a blob named by its digest when closed.
+
+    Contract:
+    - ``write(data)`` accepts any number of chunks of any size (empty chunks too).
+    - ``close()`` makes the blob durable and visible under its digest, then
+      returns the digest; nothing is visible before that. If the blob already
+      exists it is not rewritten. Closing again returns the same digest.
+      Closing without writing stores the empty blob.
+    - ``abort()`` discards everything written; nothing becomes visible. Aborting
+      after a successful close does nothing.
+    - ``write`` after ``close``/``abort`` raises :class:`tvixd.errors.AlreadyClosed`.
+    - Used as a context manager, an exception inside the block aborts; a clean
+      exit does *not* close (the caller wants the digest from ``close()``).
+    - A writer is used from one thread at a time; different writers from
+      different threads are fine.
+    """
+
+    @abstractmethod
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Append ``data``; return ``len(data)``."""
+
+    @abstractmethod
+    def close(self) -> B3Digest:
+        """Commit the blob (durably, atomically) and return its digest. Idempotent."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Discard what was written; nothing becomes visible. Idempotent."""
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+class BlobService(ABC):
+    """Stores and retrieves blobs by blake3 digest.
+
+    Digest arguments are 32-byte ``bytes``; anything else raises
+    :class:`tvixd.errors.InvalidRequest` naming the length. Backend failures
+    raise subclasses of :class:`tvixd.errors.TvixError` (``Unavailable`` for
+    transient trouble, ``ResourceExhausted`` for a full disk, ``DataLoss`` for
+    corruption, ``StorageError`` otherwise); never a bare ``OSError``.
+    """
+
+    @abstractmethod
+    def size(self, digest: bytes) -> int | None:
+        """The blob's length in bytes, or ``None`` if the blob does not exist."""
+
+    def has(self, digest: bytes) -> bool:
+        """Whether the blob exists."""
+        return self.size(digest) is not None
+
+    @abstractmethod
+    def open_read(self, digest: bytes) -> BlobReader | None:
+        """A reader over the blob, or ``None`` if it does not exist."""
+
+    @abstractmethod
+    def open_write(self) -> BlobWriter:
+        """A fresh writer. Opening never fails for lack of connectivity (errors surface on write/close)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
+        """Release resources (connections, channels). The service is unusable afterwards."""

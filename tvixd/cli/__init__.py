@@ -1,0 +1,68 @@
+"""The ``tvixd`` command line: one module per group of subcommands.
+
+Start-up time matters for short imports, so this module imports nothing
+heavy: each subcommand module's ``register`` only declares arguments, and its
+``run`` imports what it needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+from tvixd import __version__
+
+# Each module defines ``register(subparsers) -> None``; the parser it adds sets
+# ``func`` (called with the parsed args, returns the exit status).
+COMMAND_MODULES = (
+    "daemon_cmd",
+    "import_cmd",
+    "read_cmds",
+    "mount_cmd",
+    "binary_cache_cmd",
+    "config_cmd",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(prog="tvixd", description="A content-addressed Nix store daemon.")
+    parser.add_argument("--version", action="version", version=f"tvixd {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default=None,
+        help="error, warning, info (default) or debug",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["json", "console", "auto"],
+        default=None,
+        help="json lines, human-readable console, or auto (console on a terminal; the default)",
+    )
+    parser.add_argument("--config", metavar="FILE", default=None, help="TOML configuration file")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        if importlib.util.find_spec(f"tvixd.cli.{name}") is None:
+            continue
+        importlib.import_module(f"tvixd.cli.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``tvixd`` console script."""
+    from tvixd.errors import TvixError
+
+    args = build_parser().parse_args(argv)
+    from tvixd import log
+
+    log.configure(level=args.log_level, fmt=args.log_format)
+    try:
+        status = args.func(args)
+    except TvixError as e:
+        print(f"tvixd {args.command}: error: {e}", file=sys.stderr)
+        status = 1
+    except KeyboardInterrupt:
+        status = 130
+    sys.exit(status or 0)

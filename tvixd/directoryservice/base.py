@@ -1,0 +1,107 @@
+"""The DirectoryService contract: a Merkle DAG of Directory messages named by blake3.
+
+A Directory's digest is blake3 of its canonical protobuf encoding
+(``tvixd.castore.directory.directory_digest``). The store keeps one invariant:
+a directory is visible only together with its whole closure, so readers never
+see half a graph. Writes therefore go through a *putter*, which accepts a
+stream of directories leaves-first and commits them all at once.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from types import TracebackType
+
+from tvixd.castore.digest import B3Digest
+from tvixd.proto.castore_pb2 import Directory
+
+
+class DirectoryPutter(ABC):
+    """One all-or-nothing upload of a directory graph (SPEC Part A §3, Part B §2.2 Put).
+
+    Contract:
+    - ``put(d)`` validates ``d`` at once (``tvixd.castore.directory.validate_directory``)
+      and checks that every child DirectoryNode refers to a directory sent
+      *earlier to this putter* with the right ``size``; otherwise it raises
+      :class:`tvixd.errors.InvalidRequest` naming the directory digest and the
+      child, and the putter is poisoned (``close`` raises the same error).
+      Children already in the store but not sent to this putter do not count
+      (the reference's rule). Sending the same directory twice is fine.
+    - ``close()`` commits every directory sent in one transaction and returns
+      the digest of the *last* one sent (the root). No directories →
+      ``InvalidRequest("no directories sent")``. Closing again returns the same
+      digest.
+    - ``abort()`` discards everything; nothing becomes visible.
+    - ``put`` after ``close``/``abort`` raises :class:`tvixd.errors.AlreadyClosed`.
+    - As a context manager an exception inside the block aborts.
+    """
+
+    @abstractmethod
+    def put(self, directory: Directory) -> B3Digest:
+        """Queue ``directory`` for the commit; return its digest."""
+
+    @abstractmethod
+    def close(self) -> B3Digest:
+        """Commit everything atomically and return the root (last) digest. Idempotent."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Discard everything sent; nothing becomes visible. Idempotent."""
+
+    def __enter__(self) -> DirectoryPutter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+class DirectoryService(ABC):
+    """Stores and retrieves Directory messages by digest.
+
+    Digest arguments are 32-byte ``bytes`` (else ``InvalidRequest`` naming the
+    length). Returned directories have been validated and their digest checked
+    against the requested one; a stored directory that fails either check
+    raises :class:`tvixd.errors.DataLoss`.
+    """
+
+    @abstractmethod
+    def get(self, digest: bytes) -> Directory | None:
+        """The directory with this digest, or ``None`` if absent."""
+
+    def put(self, directory: Directory) -> B3Digest:
+        """Store a single directory; same as a putter that receives only ``directory``.
+
+        So a directory with child directories can never be put alone (its
+        children were not sent in the same stream): ``InvalidRequest``.
+        """
+        with self.put_multiple_start() as putter:
+            putter.put(directory)
+            return putter.close()
+
+    @abstractmethod
+    def get_recursive(self, digest: bytes) -> Iterator[Directory]:
+        """The directory and all its descendants, breadth-first, as the reference sends them.
+
+        Order (SPEC Part B §2.2): a FIFO worklist starts with ``digest``; pop the
+        front, emit it, and append each child directory digest in list order
+        unless that digest is *currently waiting* in the worklist. So a
+        directory reachable at different depths may be emitted more than once
+        (the reference client relies on this). A missing root raises
+        :class:`tvixd.errors.NotFound` *when this method is called*, before any
+        directory is produced; a missing descendant raises ``NotFound`` naming
+        it from the iterator.
+        """
+
+    @abstractmethod
+    def put_multiple_start(self) -> DirectoryPutter:
+        """A putter for one all-or-nothing upload."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources. The service is unusable afterwards."""

@@ -1,0 +1,62 @@
+"""The PathInfoService contract: store path digest -> root node + NAR metadata."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+
+from tvixd.blobservice.base import BlobService
+from tvixd.directoryservice.base import DirectoryService
+from tvixd.proto.pathinfo_pb2 import Node, PathInfo
+
+
+class PathInfoService(ABC):
+    """Maps the 20-byte digest of a store path to its :class:`PathInfo`.
+
+    A PathInfoService is built over a blob and a directory service: it checks
+    that the content a PathInfo points at exists, and renders NARs from it.
+    """
+
+    def __init__(self, blob_service: BlobService, directory_service: DirectoryService) -> None:
+        self.blob_service = blob_service
+        self.directory_service = directory_service
+
+    @abstractmethod
+    def get(self, digest: bytes) -> PathInfo | None:
+        """The PathInfo stored under this 20-byte store path digest, or ``None``.
+
+        A digest that is not 20 bytes raises ``InvalidRequest`` naming the length.
+        """
+
+    @abstractmethod
+    def put(self, path_info: PathInfo) -> PathInfo:
+        """Validate and store ``path_info`` (overwriting), and return it unchanged.
+
+        Checks, in order (SPEC Part B §3.4 plus Part A §5), each failure an
+        ``InvalidRequest`` naming the field: the reference count matches
+        ``narinfo.reference_names``; a root node is set; its digest is 32 bytes;
+        its name is a valid store path basename (name at most 211 bytes); every
+        reference is 20 bytes; with ``narinfo``, ``nar_sha256`` is 32 bytes and
+        each reference name is a valid basename whose digest equals the
+        reference at the same position. Then the root's content must exist
+        (the blob, or the directory, whose closure is then complete by the
+        directory store's invariant): ``FailedPrecondition`` naming the digest.
+        """
+
+    @abstractmethod
+    def list(self) -> Iterator[PathInfo]:
+        """Every stored PathInfo, streamed (never all loaded at once), in unspecified order."""
+
+    @abstractmethod
+    def calculate_nar(self, node: Node) -> tuple[int, bytes]:
+        """``(nar_size, nar_sha256)`` of the NAR rendering of ``node``.
+
+        The node's name is ignored. Results are cached (persistently where the
+        backend is persistent), keyed by the node's content without its name.
+        Errors (SPEC Part A §2): node unset or malformed → ``InvalidRequest``;
+        missing blob or directory → ``NotFound`` naming it; a FileNode size that
+        differs from its blob → ``DataLoss``.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources. The service is unusable afterwards."""
