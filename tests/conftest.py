@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,24 @@ def run_tvixd(
 def tvixd():
     """The :func:`run_tvixd` helper as a fixture."""
     return run_tvixd
+
+
+# The conformance suites' fixtures: one parametrised fixture per service, over every
+# backend registered in tests/backends.py (the grpc helper adds gRPC clients there).
+from tests.backends import BLOB_BACKENDS, DIRECTORY_BACKENDS, PATH_INFO_BACKENDS  # noqa: E402
+
+
+def _service_fixture(registry):
+    @pytest.fixture(params=sorted(registry))
+    def fixture(request, tmp_path):
+        with ExitStack() as stack:
+            service = registry[request.param](tmp_path, stack)
+            stack.callback(service.close)
+            yield service
+
+    return fixture
+
+
+blob_service = _service_fixture(BLOB_BACKENDS)
+directory_service = _service_fixture(DIRECTORY_BACKENDS)
+path_info_service = _service_fixture(PATH_INFO_BACKENDS)

@@ -1,0 +1,275 @@
+"""The DirectoryService conformance suite (SPEC Part B §2.2, §7.3, §10.5, §10.8; Part A §3, §4).
+
+Runs against every backend in tests/backends.py.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.fixtures import (
+    DIRECTORY_A,
+    DIRECTORY_A_DIGEST,
+    DIRECTORY_B,
+    DIRECTORY_B_DIGEST,
+    DIRECTORY_C,
+    DIRECTORY_C_DIGEST,
+    DIRECTORY_COMPLICATED,
+    DIRECTORY_COMPLICATED_DIGEST,
+    DIRECTORY_WITH_KEEP,
+    DIRECTORY_WITH_KEEP_DIGEST,
+    EMPTY_DIGEST,
+)
+from tvixd.castore.digest import B3Digest
+from tvixd.castore.directory import directory_digest
+from tvixd.directoryservice.base import DirectoryService
+from tvixd.directoryservice.from_addr import from_addr
+from tvixd.directoryservice.traverse import traverse_to
+from tvixd.errors import AlreadyClosed, InvalidRequest, NotFound
+from tvixd.proto.castore_pb2 import Directory, DirectoryNode, FileNode, SymlinkNode
+
+
+def put_all(service: DirectoryService, *directories: Directory) -> B3Digest:
+    with service.put_multiple_start() as putter:
+        for d in directories:
+            putter.put(d)
+        return putter.close()
+
+
+def test_get_missing(directory_service):
+    assert directory_service.get(DIRECTORY_A_DIGEST) is None
+
+
+def test_put_get(directory_service):
+    assert directory_service.put(DIRECTORY_A) == DIRECTORY_A_DIGEST
+    assert directory_service.get(DIRECTORY_A_DIGEST) == DIRECTORY_A
+
+
+def test_get_returns_a_copy(directory_service):
+    put_all(directory_service, DIRECTORY_WITH_KEEP)
+    got = directory_service.get(DIRECTORY_WITH_KEEP_DIGEST)
+    got.files[0].name = b"changed"
+    assert directory_service.get(DIRECTORY_WITH_KEEP_DIGEST) == DIRECTORY_WITH_KEEP
+
+
+def test_put_get_multiple(directory_service):
+    """grpc_directoryservice put_get_multiple: B alone fails even when A is already stored."""
+    directory_service.put(DIRECTORY_A)
+    with pytest.raises(InvalidRequest, match="not seen yet"):
+        directory_service.put(DIRECTORY_B)
+    putter = directory_service.put_multiple_start()
+    with pytest.raises(InvalidRequest, match="not seen yet"):
+        putter.put(DIRECTORY_B)
+    with pytest.raises(InvalidRequest):
+        putter.close()
+    assert put_all(directory_service, DIRECTORY_A, DIRECTORY_B) == DIRECTORY_B_DIGEST
+    assert directory_service.get(DIRECTORY_B_DIGEST) == DIRECTORY_B
+    assert list(directory_service.get_recursive(DIRECTORY_B_DIGEST)) == [DIRECTORY_B, DIRECTORY_A]
+
+
+def test_put_get_dedup(directory_service):
+    assert put_all(directory_service, DIRECTORY_A, DIRECTORY_A, DIRECTORY_C) == DIRECTORY_C_DIGEST
+    assert list(directory_service.get_recursive(DIRECTORY_C_DIGEST)) == [DIRECTORY_C, DIRECTORY_A]
+
+
+def test_get_recursive_pending_queue_dedup(directory_service):
+    """R → {a: A, b: B}, B → {a: A}: A is emitted twice, as the reference does (Part A §4)."""
+    root = Directory(
+        directories=[
+            DirectoryNode(name=b"a", digest=DIRECTORY_A_DIGEST, size=0),
+            DirectoryNode(name=b"b", digest=DIRECTORY_B_DIGEST, size=1),
+        ]
+    )
+    root_digest = put_all(directory_service, DIRECTORY_A, DIRECTORY_B, root)
+    assert root_digest == directory_digest(root)
+    assert list(directory_service.get_recursive(root_digest)) == [root, DIRECTORY_A, DIRECTORY_B, DIRECTORY_A]
+
+
+def test_get_recursive_complicated(directory_service):
+    put_all(directory_service, DIRECTORY_WITH_KEEP, DIRECTORY_COMPLICATED)
+    got = list(directory_service.get_recursive(DIRECTORY_COMPLICATED_DIGEST))
+    assert got == [DIRECTORY_COMPLICATED, DIRECTORY_WITH_KEEP]
+
+
+def test_get_recursive_missing_root_fails_at_call(directory_service):
+    with pytest.raises(NotFound, match=str(DIRECTORY_B_DIGEST).replace("+", r"\+")):
+        directory_service.get_recursive(DIRECTORY_B_DIGEST)
+
+
+def test_put_reject_failed_validation(directory_service):
+    bad = Directory(symlinks=[SymlinkNode(name=b"", target=b"x")])
+    with pytest.raises(InvalidRequest, match="failed validation"):
+        directory_service.put(bad)
+    assert directory_service.get(directory_digest(bad)) is None
+
+
+def test_put_reject_wrong_size(directory_service):
+    bad = Directory(directories=[DirectoryNode(name=b"foo", digest=DIRECTORY_A_DIGEST, size=42)])
+    putter = directory_service.put_multiple_start()
+    putter.put(DIRECTORY_A)
+    with pytest.raises(InvalidRequest, match="wrong size"):
+        putter.put(bad)
+
+
+def test_putter_all_or_nothing(directory_service):
+    """Part A §3: a bad directory after good ones → nothing from that upload is visible."""
+    bad = Directory(files=[FileNode(name=b"b", digest=EMPTY_DIGEST), FileNode(name=b"a", digest=EMPTY_DIGEST)])
+    putter = directory_service.put_multiple_start()
+    putter.put(DIRECTORY_WITH_KEEP)
+    putter.put(DIRECTORY_COMPLICATED)
+    with pytest.raises(InvalidRequest, match="not sorted"):
+        putter.put(bad)
+    with pytest.raises(InvalidRequest):  # poisoned: further puts and close raise the same error
+        putter.put(DIRECTORY_A)
+    with pytest.raises(InvalidRequest):
+        putter.close()
+    assert directory_service.get(DIRECTORY_WITH_KEEP_DIGEST) is None
+    assert directory_service.get(DIRECTORY_COMPLICATED_DIGEST) is None
+
+
+def test_putter_invisible_until_close(directory_service):
+    putter = directory_service.put_multiple_start()
+    putter.put(DIRECTORY_WITH_KEEP)
+    assert directory_service.get(DIRECTORY_WITH_KEEP_DIGEST) is None
+    assert putter.close() == DIRECTORY_WITH_KEEP_DIGEST
+    assert directory_service.get(DIRECTORY_WITH_KEEP_DIGEST) == DIRECTORY_WITH_KEEP
+
+
+def test_putter_abort_leaves_nothing(directory_service):
+    putter = directory_service.put_multiple_start()
+    putter.put(DIRECTORY_WITH_KEEP)
+    putter.abort()
+    putter.abort()
+    with pytest.raises(AlreadyClosed):
+        putter.put(DIRECTORY_A)
+    assert directory_service.get(DIRECTORY_WITH_KEEP_DIGEST) is None
+
+
+def test_putter_exception_in_with_block_aborts(directory_service):
+    with pytest.raises(RuntimeError), directory_service.put_multiple_start() as putter:
+        putter.put(DIRECTORY_WITH_KEEP)
+        raise RuntimeError("boom")
+    assert directory_service.get(DIRECTORY_WITH_KEEP_DIGEST) is None
+
+
+def test_putter_close_idempotent_and_put_after_close(directory_service):
+    putter = directory_service.put_multiple_start()
+    putter.put(DIRECTORY_A)
+    putter.put(DIRECTORY_B)
+    assert putter.close() == DIRECTORY_B_DIGEST
+    assert putter.close() == DIRECTORY_B_DIGEST
+    with pytest.raises(AlreadyClosed):
+        putter.put(DIRECTORY_A)
+
+
+def test_putter_empty_close(directory_service):
+    with pytest.raises(InvalidRequest, match="no directories"):
+        directory_service.put_multiple_start().close()
+
+
+def test_putter_root_is_last(directory_service):
+    """No reachability check: the root is simply the last directory sent."""
+    assert put_all(directory_service, DIRECTORY_A, DIRECTORY_B, DIRECTORY_WITH_KEEP) == DIRECTORY_WITH_KEEP_DIGEST
+    assert directory_service.get(DIRECTORY_B_DIGEST) == DIRECTORY_B
+
+
+@pytest.mark.parametrize("bad", [b"", b"\x00" * 20])
+def test_invalid_digest_length(directory_service, bad):
+    with pytest.raises(InvalidRequest, match=str(len(bad))):
+        directory_service.get(bad)
+    with pytest.raises(InvalidRequest, match=str(len(bad))):
+        directory_service.get_recursive(bad)
+
+
+def _chain(i: int) -> list[Directory]:
+    """A distinct three-level tree per ``i``: leaf (a symlink named after i) ← mid ← top."""
+    leaf = Directory(symlinks=[SymlinkNode(name=f"l{i}".encode(), target=b"t")])
+    mid = Directory(directories=[DirectoryNode(name=b"leaf", digest=directory_digest(leaf), size=1)])
+    top = Directory(directories=[DirectoryNode(name=b"mid", digest=directory_digest(mid), size=2)])
+    return [leaf, mid, top]
+
+
+def test_concurrent_putters_and_readers(directory_service):
+    trees = [_chain(i) for i in range(24)]
+    with ThreadPoolExecutor(6) as pool:
+        roots = list(pool.map(lambda t: put_all(directory_service, *t), trees))
+    assert roots == [directory_digest(t[-1]) for t in trees]
+    errors: list[BaseException] = []
+
+    def reader(i: int) -> None:
+        try:
+            assert list(directory_service.get_recursive(roots[i])) == trees[i][::-1]
+        except BaseException as e:  # collected and re-raised in the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(len(trees))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+# --- traverse_to (SPEC Part B §7.3) --------------------------------------------------------------------
+
+ROOT_NODE = DirectoryNode(name=b"doesntmatter", digest=DIRECTORY_COMPLICATED_DIGEST, size=4)
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("", ROOT_NODE),
+        ("/", ROOT_NODE),
+        ("keep", DirectoryNode(name=b"keep", digest=DIRECTORY_WITH_KEEP_DIGEST, size=1)),
+        ("keep/.keep", FileNode(name=b".keep", digest=EMPTY_DIGEST, size=0)),
+        ("/keep/.keep", FileNode(name=b".keep", digest=EMPTY_DIGEST, size=0)),
+        ("keep/./.keep", FileNode(name=b".keep", digest=EMPTY_DIGEST, size=0)),
+        ("aa", SymlinkNode(name=b"aa", target=b"/nix/store/somewhereelse")),
+        ("void", None),
+        ("//v/oid", None),
+        ("keep/.keep/foo", None),
+        ("aa/x", None),
+        ("./keep", None),
+        ("keep/..", None),
+    ],
+)
+def test_traverse_to(directory_service, path, expected):
+    put_all(directory_service, DIRECTORY_WITH_KEEP, DIRECTORY_COMPLICATED)
+    assert traverse_to(directory_service, ROOT_NODE, path) == expected
+
+
+def test_traverse_to_missing_directory(directory_service):
+    with pytest.raises(NotFound, match="does not exist"):
+        traverse_to(directory_service, ROOT_NODE, "keep")
+
+
+# --- addresses (SPEC Part B §7.1, §10.8) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("addr", ["memory://", "memory:"])
+def test_from_addr_memory_valid(addr):
+    assert from_addr(addr).get(DIRECTORY_A_DIGEST) is None
+
+
+@pytest.mark.parametrize(
+    ("addr", "why"),
+    [
+        ("http://foo.example/test", "unknown scheme"),
+        ("foo", "no scheme"),
+        ("memory://foo", "no host"),
+        ("memory:///", "no path"),
+        ("memory:///foo", "no path"),
+        ("sqlite:///", "cowardly"),
+        ("sqlite://foo.example", "invalid host"),
+        ("sqlite://foo.example/tmp/x", "invalid host"),
+        ("sqlite:relative.sqlite", "absolute"),
+        ("fs:///tmp/blobs", "unknown scheme"),
+    ],
+)
+def test_from_addr_invalid(addr, why):
+    with pytest.raises(InvalidRequest, match=why) as e:
+        from_addr(addr)
+    assert repr(addr) in str(e.value)

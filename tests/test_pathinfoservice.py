@@ -1,0 +1,246 @@
+"""The PathInfoService conformance suite (SPEC Part B §2.3, §10.6, §10.9; Part A §2, §5).
+
+Runs against every backend in tests/backends.py; content is uploaded through
+the service's own ``blob_service`` / ``directory_service``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.fixtures import (
+    DIRECTORY_COMPLICATED,
+    DIRECTORY_COMPLICATED_DIGEST,
+    DIRECTORY_WITH_KEEP,
+    DUMMY_OUTPUT_HASH,
+    EMPTY_DIGEST,
+    HELLOWORLD_BLOB,
+    HELLOWORLD_DIGEST,
+    NAR_CONTENTS_COMPLICATED,
+    NAR_CONTENTS_HELLOWORLD,
+    NAR_CONTENTS_SYMLINK,
+)
+from tvixd.blobservice.memory import MemoryBlobService
+from tvixd.directoryservice.memory import MemoryDirectoryService
+from tvixd.errors import DataLoss, FailedPrecondition, InvalidRequest, NotFound
+from tvixd.pathinfoservice.from_addr import from_addr
+from tvixd.proto.castore_pb2 import DirectoryNode, FileNode, SymlinkNode
+from tvixd.proto.pathinfo_pb2 import NARInfo, Node, PathInfo
+
+DUMMY_NAME = b"00000000000000000000000000000000-dummy"
+
+
+def symlink_info(name: bytes = DUMMY_NAME, target: bytes = b"doesntmatter") -> PathInfo:
+    return PathInfo(node=Node(symlink=SymlinkNode(name=name, target=target)))
+
+
+def upload_complicated(service) -> None:
+    writer = service.blob_service.open_write()
+    assert writer.close() == EMPTY_DIGEST
+    with service.directory_service.put_multiple_start() as putter:
+        putter.put(DIRECTORY_WITH_KEEP)
+        putter.put(DIRECTORY_COMPLICATED)
+        putter.close()
+
+
+def upload_helloworld(service) -> None:
+    writer = service.blob_service.open_write()
+    writer.write(HELLOWORLD_BLOB)
+    assert writer.close() == HELLOWORLD_DIGEST
+
+
+def test_not_found(path_info_service):
+    assert path_info_service.get(DUMMY_OUTPUT_HASH) is None
+
+
+@pytest.mark.parametrize("bad", [b"", bytes(19), bytes(32)])
+def test_get_invalid_digest_length(path_info_service, bad):
+    with pytest.raises(InvalidRequest, match=str(len(bad))):
+        path_info_service.get(bad)
+
+
+def test_put_get(path_info_service):
+    info = symlink_info()
+    assert path_info_service.put(info) == info
+    assert path_info_service.get(DUMMY_OUTPUT_HASH) == info
+
+
+def test_put_overwrites(path_info_service):
+    path_info_service.put(symlink_info(target=b"one"))
+    path_info_service.put(symlink_info(target=b"two"))
+    assert path_info_service.get(DUMMY_OUTPUT_HASH) == symlink_info(target=b"two")
+    assert list(path_info_service.list()) == [symlink_info(target=b"two")]
+
+
+def test_put_with_narinfo_roundtrips(path_info_service):
+    upload_complicated(path_info_service)
+    ref = b"00000000000000000000000000000000-dummy"
+    info = PathInfo(
+        node=Node(directory=DirectoryNode(name=DUMMY_NAME, digest=DIRECTORY_COMPLICATED_DIGEST, size=4)),
+        references=[DUMMY_OUTPUT_HASH],
+        narinfo=NARInfo(
+            nar_size=840,
+            nar_sha256=hashlib.sha256(NAR_CONTENTS_COMPLICATED).digest(),
+            signatures=[NARInfo.Signature(name="key-1", data=b"sig")],
+            reference_names=[ref.decode()],
+        ),
+    )
+    assert path_info_service.put(info) == info
+    assert path_info_service.get(DUMMY_OUTPUT_HASH) == info
+
+
+@pytest.mark.parametrize(
+    "info",
+    [
+        PathInfo(),
+        PathInfo(node=Node()),
+        symlink_info(name=b"invalid"),
+        PathInfo(node=Node(directory=DirectoryNode(name=DUMMY_NAME, digest=b"", size=0))),
+        PathInfo(node=Node(file=FileNode(name=DUMMY_NAME, digest=b"\x00" * 31, size=0))),
+    ],
+    ids=["no-node", "unset-node", "bad-name", "empty-digest", "short-digest"],
+)
+def test_put_rejects_invalid(path_info_service, info):
+    with pytest.raises(InvalidRequest):
+        path_info_service.put(info)
+    assert list(path_info_service.list()) == []
+
+
+def test_put_requires_directory_content(path_info_service):
+    """Part A §5: the root directory must be in the store."""
+    info = PathInfo(node=Node(directory=DirectoryNode(name=DUMMY_NAME, digest=DIRECTORY_COMPLICATED_DIGEST, size=4)))
+    with pytest.raises(FailedPrecondition, match=str(DIRECTORY_COMPLICATED_DIGEST).replace("+", r"\+")):
+        path_info_service.put(info)
+    assert path_info_service.get(DUMMY_OUTPUT_HASH) is None
+    upload_complicated(path_info_service)
+    assert path_info_service.put(info) == info
+
+
+def test_put_requires_blob_content(path_info_service):
+    info = PathInfo(node=Node(file=FileNode(name=DUMMY_NAME, digest=HELLOWORLD_DIGEST, size=12)))
+    with pytest.raises(FailedPrecondition, match="blob"):
+        path_info_service.put(info)
+    upload_helloworld(path_info_service)
+    assert path_info_service.put(info) == info
+
+
+def test_list(path_info_service):
+    names = [f"{c * 32}-name{i}".encode() for i, c in enumerate("0123456789abcdfg")]
+    for name in names:
+        path_info_service.put(symlink_info(name=name))
+    got = sorted(path_info_service.list(), key=lambda pi: pi.node.symlink.name)
+    assert got == [symlink_info(name=n) for n in sorted(names)]
+
+
+def test_concurrent_puts_and_gets(path_info_service):
+    names = [f"{c1}{c2 * 31}-x".encode() for c1 in "0123" for c2 in "abcdfghijk"]
+
+    def work(name: bytes) -> None:
+        path_info_service.put(symlink_info(name=name))
+        assert path_info_service.get(path_info_service_key(name)) == symlink_info(name=name)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(work, names))
+    assert len(list(path_info_service.list())) == len(names)
+
+
+def path_info_service_key(name: bytes) -> bytes:
+    """The 20-byte digest of a basename (nixbase32, written here independently of tvixd)."""
+    alphabet = "0123456789abcdfghijklmnpqrsvwxyz"
+    value = 0
+    for c in name[:32].decode():
+        value = value * 32 + alphabet.index(c)
+    return value.to_bytes(20, "little")
+
+
+# --- calculate_nar (SPEC Part B §5.7, Part A §2) ------------------------------------------------------
+
+
+@pytest.fixture
+def nar_ready():
+    pytest.importorskip("tvixd.castore.nar", reason="NarWriter (castore helper) not landed yet")
+
+
+def sha(b: bytes) -> bytes:
+    return hashlib.sha256(b).digest()
+
+
+def test_calculate_nar_symlink(path_info_service, nar_ready):
+    node = Node(symlink=SymlinkNode(name=b"doesntmatter", target=b"/nix/store/somewhereelse"))
+    assert path_info_service.calculate_nar(node) == (len(NAR_CONTENTS_SYMLINK), sha(NAR_CONTENTS_SYMLINK))
+
+
+def test_calculate_nar_file(path_info_service, nar_ready):
+    upload_helloworld(path_info_service)
+    node = Node(file=FileNode(name=b"doesntmatter", digest=HELLOWORLD_DIGEST, size=12))
+    assert path_info_service.calculate_nar(node) == (len(NAR_CONTENTS_HELLOWORLD), sha(NAR_CONTENTS_HELLOWORLD))
+
+
+def test_calculate_nar_complicated(path_info_service, nar_ready):
+    upload_complicated(path_info_service)
+    node = Node(directory=DirectoryNode(name=b"doesntmatter", digest=DIRECTORY_COMPLICATED_DIGEST, size=4))
+    expected = (840, sha(NAR_CONTENTS_COMPLICATED))
+    assert path_info_service.calculate_nar(node) == expected
+    renamed = Node(directory=DirectoryNode(name=b"other", digest=DIRECTORY_COMPLICATED_DIGEST, size=4))
+    assert path_info_service.calculate_nar(renamed) == expected
+
+
+def test_calculate_nar_unset(path_info_service, nar_ready):
+    with pytest.raises(InvalidRequest):
+        path_info_service.calculate_nar(Node())
+
+
+def test_calculate_nar_missing_blob(path_info_service, nar_ready):
+    node = Node(file=FileNode(name=b"doesntmatter", digest=HELLOWORLD_DIGEST, size=12))
+    with pytest.raises(NotFound, match=str(HELLOWORLD_DIGEST).replace("+", r"\+")):
+        path_info_service.calculate_nar(node)
+
+
+def test_calculate_nar_missing_directory(path_info_service, nar_ready):
+    node = Node(directory=DirectoryNode(name=b"doesntmatter", digest=DIRECTORY_COMPLICATED_DIGEST, size=4))
+    with pytest.raises(NotFound, match=str(DIRECTORY_COMPLICATED_DIGEST).replace("+", r"\+")):
+        path_info_service.calculate_nar(node)
+
+
+@pytest.mark.parametrize("size", [2, 42])
+def test_calculate_nar_wrong_size(path_info_service, nar_ready, size):
+    upload_helloworld(path_info_service)
+    node = Node(file=FileNode(name=b"doesntmatter", digest=HELLOWORLD_DIGEST, size=size))
+    with pytest.raises(DataLoss):
+        path_info_service.calculate_nar(node)
+
+
+def test_calculate_nar_bad_digest(path_info_service, nar_ready):
+    with pytest.raises(InvalidRequest):
+        path_info_service.calculate_nar(Node(file=FileNode(name=b"x", digest=b"\x01", size=1)))
+
+
+# --- addresses (SPEC Part B §7.1, §10.9) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("addr", ["memory://", "memory:"])
+def test_from_addr_memory_valid(addr):
+    assert from_addr(addr, MemoryBlobService(), MemoryDirectoryService()).get(DUMMY_OUTPUT_HASH) is None
+
+
+@pytest.mark.parametrize(
+    ("addr", "why"),
+    [
+        ("http://foo.example/test", "unknown scheme"),
+        ("foo", "no scheme"),
+        ("memory://foo", "no host"),
+        ("memory:///", "no path"),
+        ("memory:///foo", "no path"),
+        ("sqlite:///", "cowardly"),
+        ("sqlite://foo.example", "invalid host"),
+        ("sqlite://foo.example/tmp/x", "invalid host"),
+        ("fs:///tmp/blobs", "unknown scheme"),
+    ],
+)
+def test_from_addr_invalid(addr, why):
+    with pytest.raises(InvalidRequest, match=why) as e:
+        from_addr(addr, MemoryBlobService(), MemoryDirectoryService())
+    assert repr(addr) in str(e.value)

@@ -1,0 +1,93 @@
+"""The validating, buffering DirectoryPutter shared by the memory and SQLite backends.
+
+Every ``put`` is checked at once (SPEC Part A §3, Part B §2.2): the directory
+validates, each child directory was sent earlier *to this putter* with the
+size computed for it. Accepted directories are buffered (as canonical bytes)
+and handed to the backend's ``commit`` in one call on ``close``, which stores
+them in one transaction, so a failed or abandoned upload leaves nothing
+visible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tvixd.castore.digest import B3Digest
+from tvixd.castore.directory import canonical_bytes, directory_size, validate_directory
+from tvixd.directoryservice.base import DirectoryPutter
+from tvixd.errors import AlreadyClosed, InvalidRequest, TvixError
+from tvixd.proto.castore_pb2 import Directory
+
+Commit = Callable[[dict[B3Digest, bytes]], None]
+"""Store every (digest → canonical encoding) pair atomically; already-present digests are fine."""
+
+
+class ValidatingPutter(DirectoryPutter):
+    """Validates each directory on ``put``; commits all of them atomically on ``close``."""
+
+    def __init__(self, commit: Commit) -> None:
+        self._commit = commit
+        self._pending: dict[B3Digest, bytes] = {}
+        self._sizes: dict[B3Digest, int] = {}
+        self._last: B3Digest | None = None
+        self._error: TvixError | None = None
+        self._root: B3Digest | None = None
+        self._done = False
+
+    def put(self, directory: Directory) -> B3Digest:
+        if self._done:
+            raise AlreadyClosed("directory putter already closed")
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._accept(directory)
+        except TvixError as e:
+            self._error = e
+            self._pending.clear()
+            raise
+
+    def _accept(self, directory: Directory) -> B3Digest:
+        data = canonical_bytes(directory)
+        digest = B3Digest.of(data)
+        try:
+            validate_directory(directory)
+        except InvalidRequest as e:
+            raise InvalidRequest(f"directory {digest} failed validation: {e}") from e
+        for child in directory.directories:
+            child_digest = B3Digest(child.digest)
+            expected = self._sizes.get(child_digest)
+            if expected is None:
+                raise InvalidRequest(
+                    f"child directory {child.name!r} ({child_digest}) in directory {digest} not seen yet "
+                    "(children must be sent earlier in the same upload)"
+                )
+            if child.size != expected:
+                raise InvalidRequest(
+                    f"child directory {child.name!r} ({child_digest}) in directory {digest} "
+                    f"referred with wrong size, expected {expected}, actual {child.size}"
+                )
+        self._sizes[digest] = directory_size(directory)
+        self._pending[digest] = data
+        self._last = digest
+        return digest
+
+    def close(self) -> B3Digest:
+        if self._root is not None:
+            return self._root
+        if self._done:
+            raise AlreadyClosed("directory putter was aborted or previously closed with an error")
+        if self._error is not None:
+            self._done = True
+            raise self._error
+        if self._last is None:
+            self._done = True
+            raise InvalidRequest("no directories sent, can't show root digest")
+        self._done = True
+        pending, self._pending = self._pending, {}
+        self._commit(pending)
+        self._root = self._last
+        return self._root
+
+    def abort(self) -> None:
+        self._done = True
+        self._pending.clear()

@@ -1,0 +1,86 @@
+"""What every local PathInfoService backend shares: the put checks and the NAR cache key."""
+
+from __future__ import annotations
+
+from tvixd.blobservice.base import BlobService
+from tvixd.castore.digest import B3Digest
+from tvixd.directoryservice.base import DirectoryService
+from tvixd.errors import FailedPrecondition, InvalidRequest
+from tvixd.proto.pathinfo_pb2 import Node, PathInfo
+
+STORE_PATH_DIGEST_LEN = 20
+
+
+def check_output_digest(digest: bytes) -> bytes:
+    """A lookup key must be the 20-byte store path digest."""
+    if len(digest) != STORE_PATH_DIGEST_LEN:
+        raise InvalidRequest(f"invalid output digest length: {len(digest)} (expected {STORE_PATH_DIGEST_LEN})")
+    return bytes(digest)
+
+
+def check_path_info(path_info: PathInfo, blob: BlobService, directory: DirectoryService) -> bytes:
+    """All put checks of ``PathInfoService.put``; returns the 20-byte key to store under.
+
+    The pure checks are ``tvixd.castore.pathinfo.validate_path_info``; then the
+    root's content must exist (a directory's closure is complete by the
+    directory store's invariant): ``FailedPrecondition`` naming the digest.
+    """
+    try:
+        from tvixd.castore.pathinfo import validate_path_info
+    except ImportError:  # until the castore module lands
+        validate_path_info = _validate_minimal
+
+    store_path = validate_path_info(path_info)
+    kind = path_info.node.WhichOneof("node")
+    if kind == "directory":
+        digest = B3Digest(path_info.node.directory.digest)
+        if directory.get(digest) is None:
+            raise FailedPrecondition(
+                f"root directory {digest} of {store_path} is not in the store (upload the directories first)"
+            )
+    elif kind == "file":
+        digest = B3Digest(path_info.node.file.digest)
+        if not blob.has(digest):
+            raise FailedPrecondition(f"root blob {digest} of {store_path} is not in the store (upload the blob first)")
+    return bytes(store_path.digest)
+
+
+def nar_cache_key(node: Node) -> bytes:
+    """The root node's canonical encoding with its name cleared: NARs don't depend on the name."""
+    kind = node.WhichOneof("node")
+    if kind is None:
+        raise InvalidRequest("no root node sent")
+    keyed = Node()
+    keyed.CopyFrom(node)
+    keyed.DiscardUnknownFields()
+    getattr(keyed, kind).name = b""
+    return keyed.SerializeToString(deterministic=True)
+
+
+_NIXBASE32 = "0123456789abcdfghijklmnpqrsvwxyz"
+
+
+class _MinimalStorePath:
+    def __init__(self, digest: bytes, name: str) -> None:
+        self.digest = digest
+        self.name = name
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _validate_minimal(path_info: PathInfo) -> _MinimalStorePath:
+    """Stand-in for ``tvixd.castore.pathinfo.validate_path_info`` until it lands: node, digest, name."""
+    kind = path_info.node.WhichOneof("node")
+    if kind is None:
+        raise InvalidRequest("invalid PathInfo: no root node present")
+    root = getattr(path_info.node, kind)
+    if kind != "symlink" and len(root.digest) != 32:
+        raise InvalidRequest(f"invalid PathInfo: root node digest length {len(root.digest)}")
+    name = root.name.decode("ascii", "replace")
+    if len(name) < 34 or name[32] != "-" or any(c not in _NIXBASE32 for c in name[:32]):
+        raise InvalidRequest(f"invalid PathInfo: root node name {root.name!r} is not a store path basename")
+    value = 0
+    for c in name[:32]:
+        value = value * 32 + _NIXBASE32.index(c)
+    return _MinimalStorePath(value.to_bytes(20, "little"), name)
