@@ -8,10 +8,15 @@ from pathlib import Path
 
 from tvixd.blobservice.base import BlobService
 from tvixd.directoryservice.base import DirectoryService
+from tvixd.errors import TvixError
 from tvixd.pathinfoservice.base import PathInfoService
 
 DAEMON_ADDR = "grpc+http://[::1]:8000"
 """Where the client commands (import, dump-path, ...) find the daemon by default."""
+
+
+class StateDirError(TvixError):
+    """The state directory cannot be created or written (the message is one line)."""
 
 
 def default_state_dir() -> Path:
@@ -27,6 +32,25 @@ def default_state_dir() -> Path:
         return Path("/var/lib/tvixd")
     data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(data_home) / "tvixd"
+
+
+def ensure_state_dir(path: Path) -> Path:
+    """Create the state directory (mode 0700: the store is private to its user) and prove it writable.
+
+    An existing directory keeps its mode (the operator's or systemd's ``StateDirectoryMode=``).
+    Raises :class:`StateDirError` with a one-line message when it cannot be created or written.
+    """
+    import tempfile
+
+    hint = "(set [store] state_dir, $TVIXD_STATE_DIR or $STATE_DIRECTORY, or the --*-service-addr flags)"
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # A real write, not os.access(): root passes access() on read-only file systems.
+        with tempfile.TemporaryFile(dir=path, prefix=".probe-"):
+            pass
+    except OSError as e:
+        raise StateDirError(f"state directory {path} is not usable: {e.strerror or e} {hint}") from None
+    return path
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 
 from tvixd import __version__
@@ -55,9 +56,19 @@ def main(argv: list[str] | None = None) -> None:
     from tvixd.errors import TvixError
 
     args = build_parser().parse_args(argv)
-    from tvixd import log
+    from tvixd import config, log
 
-    log.configure(level=args.log_level, fmt=args.log_format)
+    # The resolved configuration (flag > env > file > default) for every subcommand: ``args.cfg``.
+    # ``tvixd config`` resolves it itself (it may be asked about another file).
+    if getattr(args, "resolve_config", True):
+        try:
+            args.cfg = config.load(args)
+        except config.ConfigError as e:
+            print(f"tvixd: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        log.configure(level=args.cfg.log.level, fmt=args.cfg.log.format)
+    else:
+        log.configure(level=args.log_level, fmt=args.log_format)
     try:
         status = args.func(args)
     except TvixError as e:
@@ -65,4 +76,8 @@ def main(argv: list[str] | None = None) -> None:
         status = 1
     except KeyboardInterrupt:
         status = 130
+    except BrokenPipeError:
+        # stdout went away (e.g. `| head`): not an error worth a traceback; keep exit from flushing it again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = 141
     sys.exit(status or 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from tvixd.store import Store, StoreAddrs
 
@@ -34,16 +35,28 @@ def add_store_args(parser: argparse.ArgumentParser, defaults: StoreAddrs | None)
 
 
 def store_addrs(args: argparse.Namespace) -> StoreAddrs:
-    """The effective addresses: flag, else environment variable, else the command's default."""
-    defaults = args.store_defaults
-    if defaults is None:
-        from tvixd.store import default_state_dir
+    """The effective addresses: flag, else environment variable, else config file, else the command's default.
 
-        defaults = StoreAddrs.embedded(default_state_dir())
+    ``args.cfg`` (the resolved :class:`tvixd.config.Config`, set by ``tvixd.cli.main``) already
+    applies flag > env > file; without it (a namespace built by hand) flags and env vars are read here.
+    The embedded default creates the state directory (0700) and fails in one line if it is unusable.
+    """
+    cfg = getattr(args, "cfg", None)
     values = {}
     for attr, _flag, env in ADDR_FLAGS:
-        values[attr] = getattr(args, f"{attr}_service_addr") or os.environ.get(env) or getattr(defaults, attr)
-    return StoreAddrs(**values)
+        if cfg is not None:
+            values[attr] = getattr(cfg.store, f"{attr}_service_addr")
+        else:
+            values[attr] = getattr(args, f"{attr}_service_addr", None) or os.environ.get(env)
+    if all(values.values()):
+        return StoreAddrs(**values)
+    defaults = getattr(args, "store_defaults", None)
+    if defaults is None:
+        from tvixd.store import default_state_dir, ensure_state_dir
+
+        state = cfg.store.state_dir if cfg is not None and cfg.store.state_dir else None
+        defaults = StoreAddrs.embedded(ensure_state_dir(Path(state) if state else default_state_dir()))
+    return StoreAddrs(**{attr: values[attr] or getattr(defaults, attr) for attr in values})
 
 
 def open_store(args: argparse.Namespace) -> Store:
