@@ -1,0 +1,113 @@
+"""``tvixd daemon``: serve a store over gRPC until SIGTERM/SIGINT, then drain and exit 0."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from tvixd.cli.common import add_store_args
+
+DEFAULT_LISTEN = "localhost:8000"
+DEFAULT_GRACE = 10.0
+
+_SIZE_UNITS = {"": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+               "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+
+
+def parse_size(value: str) -> int:
+    """``67108864``, ``64MiB``, ``64M`` (decimal) -> bytes; for argparse."""
+    m = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", value)
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise argparse.ArgumentTypeError(f"invalid size {value!r} (examples: 67108864, 64MiB, 100M)")
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Declare ``tvixd daemon`` and its options."""
+    p = subparsers.add_parser(
+        "daemon",
+        help="serve the store over gRPC (BlobService, DirectoryService, PathInfoService)",
+        description="Serve the tvix.store.v1 gRPC services, with reflection and grpc.health.v1.",
+    )
+    p.add_argument(
+        "-l", "--listen-address", action="append", metavar="ADDR", default=None,
+        help=f"HOST:PORT, [IPv6]:PORT or unix:/path; repeatable (default {DEFAULT_LISTEN}: 127.0.0.1 and [::1]). "
+        "All interfaces ([::]:8000, 0.0.0.0:8000) only when given explicitly; use TLS there.",
+    )
+    p.add_argument("--tls-cert", metavar="PEM", default=None, help="server certificate chain (enables TLS)")
+    p.add_argument("--tls-key", metavar="PEM", default=None, help="server private key (with --tls-cert)")
+    p.add_argument("--workers", type=int, default=None, metavar="N", help="worker threads (default 32)")
+    p.add_argument(
+        "--max-message-size", type=parse_size, default=None, metavar="BYTES",
+        help="largest request message accepted (default 64MiB); larger ones fail RESOURCE_EXHAUSTED",
+    )
+    p.add_argument(
+        "--shutdown-grace", type=float, default=DEFAULT_GRACE, metavar="SECONDS",
+        help=f"on SIGTERM/SIGINT, how long in-flight calls may finish (default {DEFAULT_GRACE:g})",
+    )
+    add_store_args(p, None)
+    p.set_defaults(func=run)
+
+
+def _ensure_state_dir(addrs: object) -> None:
+    """Create the default state directory (mode 0700) when the embedded default store is used."""
+    from tvixd.store import StoreAddrs, default_state_dir
+
+    state_dir = default_state_dir()
+    embedded = StoreAddrs.embedded(state_dir)
+    if any(getattr(addrs, a) == getattr(embedded, a) for a in ("blob", "directory", "path_info")):
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Open the store, serve, and drain on SIGTERM/SIGINT."""
+    import signal
+    import threading
+    from pathlib import Path
+
+    import structlog
+
+    from tvixd.cli.common import store_addrs
+    from tvixd.errors import InvalidRequest
+    from tvixd.server.server import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_WORKERS, TlsConfig, build_server
+    from tvixd.store import Store
+
+    log = structlog.get_logger("tvixd.daemon")
+    tls = None
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise InvalidRequest("--tls-cert and --tls-key go together")
+    if args.tls_cert:
+        try:
+            tls = TlsConfig(cert_chain=Path(args.tls_cert).read_bytes(), private_key=Path(args.tls_key).read_bytes())
+        except OSError as e:
+            raise InvalidRequest(f"cannot read TLS certificate/key: {e}") from None
+
+    addrs = store_addrs(args)
+    _ensure_state_dir(addrs)
+    store = Store.open(addrs)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal received, draining", signal=signal.Signals(signum).name)
+        stop.set()
+
+    try:
+        server = build_server(
+            store,
+            args.listen_address or [DEFAULT_LISTEN],
+            workers=args.workers or DEFAULT_WORKERS,
+            max_message_bytes=args.max_message_size or DEFAULT_MAX_MESSAGE_BYTES,
+            tls=tls,
+        )
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        server.start()
+        log.info("listening", addresses=server.addresses, tls=tls is not None,
+                 blob_service=addrs.blob, directory_service=addrs.directory, path_info_service=addrs.path_info)
+        while not stop.wait(1.0):
+            pass
+        server.stop(args.shutdown_grace)
+        log.info("stopped")
+    finally:
+        store.close()
+    return 0

@@ -1,0 +1,217 @@
+"""Build the tvixd gRPC server: listeners, TLS, the three services, reflection, health, limits."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import stat
+import threading
+from collections.abc import Sequence
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from tvixd import errors
+from tvixd.server.servicers import SERVICE_NAMES, generic_handlers
+from tvixd.store import Store
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""Largest request message accepted by default: big enough for a Directory with ~500k entries."""
+
+DEFAULT_WORKERS = 32
+"""Worker threads; each streaming call holds one for its duration (16 concurrent clients need 16)."""
+
+_log = structlog.get_logger("tvixd.server")
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """PEM-encoded server certificate chain and private key."""
+
+    cert_chain: bytes
+    private_key: bytes
+
+
+@dataclass(frozen=True)
+class BindSpec:
+    """One socket to bind: ``address`` as grpcio takes it; ``optional`` ones may fail (a missing IP family)."""
+
+    address: str
+    optional: bool = False
+    all_interfaces: bool = False
+
+
+def parse_listen_address(value: str) -> list[BindSpec]:
+    """Turn one ``-l`` value into sockets to bind.
+
+    ``localhost:PORT`` means both loopbacks (127.0.0.1 and [::1]; a host without
+    one of the families still starts); ``IP:PORT`` and ``[IPv6]:PORT`` bind that
+    address (``0.0.0.0`` / ``[::]`` = all interfaces); ``unix:/path`` a Unix
+    socket. Port 0 picks a free port (logged in the "listening" line).
+    """
+    if value.startswith("unix:"):
+        path = value[len("unix:"):]
+        if path.startswith("//"):
+            path = path[2:]
+        if not path:
+            raise errors.InvalidRequest(f"listen address {value!r}: empty unix socket path")
+        return [BindSpec(f"unix:{path}")]
+    host, sep, port_s = value.rpartition(":")
+    if not sep or not host:
+        raise errors.InvalidRequest(f"listen address {value!r}: expected HOST:PORT, [IPv6]:PORT or unix:/path")
+    try:
+        port = int(port_s)
+    except ValueError:
+        raise errors.InvalidRequest(f"listen address {value!r}: port {port_s!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise errors.InvalidRequest(f"listen address {value!r}: port {port} out of range")
+    if host == "localhost":
+        return [BindSpec(f"127.0.0.1:{port}", optional=True), BindSpec(f"[::1]:{port}", optional=True)]
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ip = ipaddress.ip_address(bare)
+    except ValueError:
+        if ":" in bare or not bare.replace("-", "").replace(".", "").isalnum():
+            raise errors.InvalidRequest(f"listen address {value!r}: invalid host {host!r}") from None
+        return [BindSpec(f"{host}:{port}")]  # a host name: grpcio resolves it
+    if ip.version == 6 and not host.startswith("["):
+        raise errors.InvalidRequest(f"listen address {value!r}: put IPv6 addresses in brackets, e.g. [::1]:8000")
+    shown = f"[{ip}]" if ip.version == 6 else str(ip)
+    return [BindSpec(f"{shown}:{port}", all_interfaces=ip.is_unspecified)]
+
+
+def _prepare_unix_socket(address: str) -> None:
+    """Remove a stale socket file left by a crashed daemon; refuse to steal a live one."""
+    path = address[len("unix:"):]
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise errors.InvalidRequest(f"listen address {address!r}: {path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody answers: stale
+    else:
+        raise errors.InvalidRequest(f"listen address {address!r}: another server is listening on {path}")
+    finally:
+        probe.close()
+
+
+def _family_available(address: str) -> bool:
+    """Whether this host can bind the loopback of ``address``'s IP family at all (IPv6 may be disabled)."""
+    family, host = (socket.AF_INET6, "::1") if address.startswith("[") else (socket.AF_INET, "127.0.0.1")
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((host, 0))
+    except OSError:
+        return False
+    return True
+
+
+@dataclass
+class TvixdServer:
+    """A built (not yet started) server and what it is bound to."""
+
+    server: grpc.Server
+    health: health.HealthServicer
+    addresses: list[str] = field(default_factory=list)
+    _stopped: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> None:
+        """Start serving and report SERVING for every service."""
+        self.server.start()
+        for name in ("", *SERVICE_NAMES):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace: float | None) -> None:
+        """Drain: NOT_SERVING, refuse new calls, let in-flight calls finish within ``grace`` seconds."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        self._stopped.set()
+
+
+def build_server(
+    store: Store,
+    listen_addresses: Sequence[str],
+    workers: int = DEFAULT_WORKERS,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    tls: TlsConfig | None = None,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
+) -> TvixdServer:
+    """A server for ``store`` bound to every listen address (``parse_listen_address`` syntax).
+
+    ``interceptors`` see every call (access log, metrics). Raises ``InvalidRequest``
+    naming the address when one cannot be bound.
+    """
+    if workers < 1:
+        raise errors.InvalidRequest(f"workers must be at least 1, got {workers}")
+    if max_message_bytes < 1024:
+        raise errors.InvalidRequest(f"max message size must be at least 1024 bytes, got {max_message_bytes}")
+    specs = [spec for value in listen_addresses for spec in parse_listen_address(value)]
+    if not specs:
+        raise errors.InvalidRequest("no listen address given")
+    options = [
+        # Our Decoder enforces max_message_bytes with a message naming the limit; grpc core's
+        # cap (which cannot say which setting to change) only stops far larger messages early.
+        ("grpc.max_receive_message_length", min(2 * max_message_bytes, 2**31 - 1)),
+        ("grpc.max_send_message_length", -1),
+        # Without this Linux grpc sets SO_REUSEPORT, and a second daemon on the same port would
+        # silently share it instead of failing.
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tvixd-grpc"),
+        interceptors=list(interceptors),
+        options=options,
+    )
+    server.add_generic_rpc_handlers(generic_handlers(store, max_message_bytes))
+    health_servicer = health.HealthServicer()
+    for name in ("", *SERVICE_NAMES):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    credentials = grpc.ssl_server_credentials([(tls.private_key, tls.cert_chain)]) if tls else None
+    built = TvixdServer(server=server, health=health_servicer)
+    ephemeral_localhost: int | None = None
+    for spec in specs:
+        address = spec.address
+        if address.startswith("unix:"):
+            _prepare_unix_socket(address)
+        elif address.endswith(":0") and spec.optional and ephemeral_localhost:
+            # localhost:0 → the same free port on both loopbacks.
+            address = f"{address[:-2]}:{ephemeral_localhost}"
+        try:
+            port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        except RuntimeError as e:
+            port = 0
+            error = str(e)
+        else:
+            error = "" if port else "bind failed"
+        if not port:
+            if spec.optional and not _family_available(address):
+                _log.warning("IP family unavailable, not listening on it", address=address, error=error)
+                continue
+            raise errors.InvalidRequest(f"cannot listen on {address}: {error or 'bind failed'} (address in use?)")
+        if address.startswith("unix:"):
+            built.addresses.append(address)
+        else:
+            host = address.rsplit(":", 1)[0]
+            built.addresses.append(f"{host}:{port}")
+            if spec.optional:
+                ephemeral_localhost = port
+        if spec.all_interfaces and tls is None:
+            _log.warning("listening on all interfaces without TLS: anyone who can reach this port can read and "
+                         "write the store", address=address)
+    if not built.addresses:
+        raise errors.InvalidRequest(f"could not bind any of {', '.join(s.address for s in specs)}")
+    return built

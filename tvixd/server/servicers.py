@@ -1,0 +1,280 @@
+"""Thin servicers: decode the request, call the blocking service API, encode the answer.
+
+No storage logic lives here. Every exception leaves through one wrapper
+(:func:`_rpc`) that picks the status code from :mod:`tvixd.server.status`;
+anything that is not a tvixd error is a bug: INTERNAL, logged with its traceback.
+
+Requests are decoded by our own deserializer (:class:`Decoder`) rather than
+grpcio's, so a malformed message is INVALID_ARGUMENT naming the message type
+(grpcio would say INTERNAL), an oversized one is RESOURCE_EXHAUSTED naming the
+limit, and unknown fields are dropped on arrival, as the reference (prost) does.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import grpc
+import structlog
+from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError, Message
+
+from tvixd import errors
+from tvixd.castore.digest import DIGEST_LEN, B3Digest
+from tvixd.proto import rpc_blobstore_pb2, rpc_directory_pb2, rpc_pathinfo_pb2
+from tvixd.proto.pathinfo_pb2 import Node, PathInfo
+from tvixd.proto.rpc_blobstore_pb2 import BlobChunk, BlobMeta, PutBlobResponse
+from tvixd.proto.rpc_directory_pb2 import PutDirectoryResponse
+from tvixd.proto.rpc_pathinfo_pb2 import CalculateNARResponse
+from tvixd.server.status import code_for
+from tvixd.store import Store
+
+READ_CHUNK_SIZE = 256 * 1024
+"""Bytes per BlobChunk in Blob Read. Measured (bench/grpc_bench.py --read-chunk-sizes, 256 MiB blob,
+fs backend, loopback): see the table in BENCHMARKS.md; 4 KiB (the reference) is ~10x slower."""
+
+UINT32_MAX = 2**32 - 1
+
+SERVICE_DESCRIPTORS: tuple[ServiceDescriptor, ...] = (
+    rpc_blobstore_pb2.DESCRIPTOR.services_by_name["BlobService"],
+    rpc_directory_pb2.DESCRIPTOR.services_by_name["DirectoryService"],
+    rpc_pathinfo_pb2.DESCRIPTOR.services_by_name["PathInfoService"],
+)
+SERVICE_NAMES = tuple(s.full_name for s in SERVICE_DESCRIPTORS)
+
+_log = structlog.get_logger("tvixd.server")
+
+
+class Rejected:
+    """What :class:`Decoder` hands to a servicer instead of a message it could not accept."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: errors.TvixError) -> None:
+        self.error = error
+
+
+class Decoder:
+    """Request deserializer for one message type with the daemon's size limit."""
+
+    def __init__(self, cls: type[Message], max_message_bytes: int) -> None:
+        self.cls = cls
+        self.name = cls.DESCRIPTOR.full_name
+        self.max_message_bytes = max_message_bytes
+
+    def __call__(self, data: bytes) -> Message | Rejected:
+        if len(data) > self.max_message_bytes:
+            return Rejected(errors.ResourceExhausted(
+                f"{self.name} message of {len(data)} bytes exceeds the limit max_message_size="
+                f"{self.max_message_bytes} bytes (tvixd daemon --max-message-size)"))
+        try:
+            msg = self.cls.FromString(data)
+        except DecodeError as e:
+            return Rejected(errors.InvalidRequest(f"malformed {self.name} message: {e}"))
+        msg.DiscardUnknownFields()
+        return msg
+
+
+def _checked(request: Any) -> Any:
+    if isinstance(request, Rejected):
+        raise request.error
+    return request
+
+
+def _checked_stream(requests: Iterable[Any]) -> Iterator[Any]:
+    for request in requests:
+        yield _checked(request)
+
+
+def _fail(context: grpc.ServicerContext, method: str, exc: Exception) -> None:
+    """Terminate the call with the status the table gives ``exc`` (always raises)."""
+    if isinstance(exc, grpc.RpcError) and not context.is_active():
+        # The client went away while we read its request stream: nobody to answer.
+        raise exc
+    code = code_for(exc)
+    if code is None:
+        _log.error("unexpected error", method=method, exc_info=exc)
+        code, message = grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}: {exc}"
+    else:
+        if code == grpc.StatusCode.INTERNAL:
+            _log.error("internal error", method=method, exc_info=exc)
+        message = str(exc)
+    context.abort(code, message)
+
+
+def _rpc(method: str, fn: Callable[..., Any], request_streaming: bool, response_streaming: bool) -> Callable[..., Any]:
+    """Wrap a servicer method: check decoded requests, map every exception to its status."""
+    if response_streaming:
+
+        def stream_handler(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                req = _checked_stream(request) if request_streaming else _checked(request)
+                yield from fn(req, context)
+            except Exception as e:  # noqa: BLE001 - the one place exceptions become statuses
+                _fail(context, method, e)
+
+        return functools.update_wrapper(stream_handler, fn)
+
+    def unary_handler(request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            req = _checked_stream(request) if request_streaming else _checked(request)
+            return fn(req, context)
+        except Exception as e:  # noqa: BLE001
+            _fail(context, method, e)
+
+    return functools.update_wrapper(unary_handler, fn)
+
+
+def generic_handler(
+    descriptor: ServiceDescriptor, servicer: object, max_message_bytes: int
+) -> grpc.GenericRpcHandler:
+    """grpcio handlers for every method of ``descriptor``, served by ``servicer``'s same-named methods."""
+    handlers = {}
+    for m in descriptor.methods:
+        fn = getattr(servicer, m.name)
+        assert inspect.isgeneratorfunction(fn) == m.server_streaming, m.full_name
+        request_cls = message_factory.GetMessageClass(m.input_type)
+        response_cls = message_factory.GetMessageClass(m.output_type)
+        behaviour = _rpc(m.full_name, fn, m.client_streaming, m.server_streaming)
+        make = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }[(m.client_streaming, m.server_streaming)]
+        handlers[m.name] = make(
+            behaviour,
+            request_deserializer=Decoder(request_cls, max_message_bytes),
+            response_serializer=response_cls.SerializeToString,
+        )
+    return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)
+
+
+def _digest(value: bytes, field: str) -> B3Digest:
+    if len(value) != DIGEST_LEN:
+        raise errors.InvalidRequest(f"{field}: invalid digest length {len(value)}, expected {DIGEST_LEN}")
+    return B3Digest(value)
+
+
+class BlobServicer:
+    """tvix.store.v1.BlobService over a :class:`~tvixd.blobservice.base.BlobService`."""
+
+    def __init__(self, store: Store) -> None:
+        self.blobs = store.blob
+
+    def Stat(self, request: rpc_blobstore_pb2.StatBlobRequest, context: grpc.ServicerContext) -> BlobMeta:
+        digest = _digest(request.digest, "StatBlobRequest.digest")
+        if request.include_bao:
+            raise errors.Unimplemented("StatBlobRequest.include_bao: bao is not implemented")
+        size = self.blobs.size(digest)
+        if size is None:
+            raise errors.NotFound(f"blob {digest} not found")
+        if request.include_chunks and size <= UINT32_MAX:
+            # One chunk for the whole blob (the proto's promise; Part A §6). ChunkMeta.size is a
+            # uint32, so a blob of 4 GiB or more gets no chunk list (clients then count bytes).
+            return BlobMeta(chunks=[BlobMeta.ChunkMeta(digest=digest, size=size)])
+        return BlobMeta()
+
+    def Read(self, request: rpc_blobstore_pb2.ReadBlobRequest, context: grpc.ServicerContext) -> Iterator[BlobChunk]:
+        digest = _digest(request.digest, "ReadBlobRequest.digest")
+        reader = self.blobs.open_read(digest)
+        if reader is None:
+            raise errors.NotFound(f"blob {digest} not found")
+        with reader:
+            while data := reader.read(READ_CHUNK_SIZE):
+                yield BlobChunk(data=data)
+
+    def Put(self, requests: Iterator[BlobChunk], context: grpc.ServicerContext) -> PutBlobResponse:
+        writer = self.blobs.open_write()
+        try:
+            for chunk in requests:
+                writer.write(chunk.data)
+            if not context.is_active():
+                raise errors.StorageError("client went away before the end of the blob")
+            digest = writer.close()
+        except BaseException:
+            # Cancelled, disconnected or failed: nothing of this upload becomes visible.
+            writer.abort()
+            raise
+        return PutBlobResponse(digest=digest)
+
+
+class DirectoryServicer:
+    """tvix.store.v1.DirectoryService over a :class:`~tvixd.directoryservice.base.DirectoryService`."""
+
+    def __init__(self, store: Store) -> None:
+        self.directories = store.directory
+
+    def Get(self, request: rpc_directory_pb2.GetDirectoryRequest, context: grpc.ServicerContext) -> Iterator[Any]:
+        if request.WhichOneof("by_what") is None:
+            raise errors.InvalidRequest("GetDirectoryRequest.by_what needs to be specified")
+        digest = _digest(request.digest, "GetDirectoryRequest.digest")
+        if not request.recursive:
+            directory = self.directories.get(digest)
+            if directory is None:
+                raise errors.NotFound(f"directory {digest} not found")
+            yield directory
+            return
+        # get_recursive raises NotFound for a missing root when called, so the
+        # call fails before any message is streamed (Part A §1).
+        yield from self.directories.get_recursive(digest)
+
+    def Put(self, requests: Iterator[Any], context: grpc.ServicerContext) -> PutDirectoryResponse:
+        # One putter per stream: all-or-nothing (Part A §3).
+        putter = self.directories.put_multiple_start()
+        received = 0
+        try:
+            for directory in requests:
+                putter.put(directory)
+                received += 1
+            if received == 0:
+                raise errors.InvalidRequest("no directories received")
+            if not context.is_active():
+                raise errors.StorageError("client went away before the end of the directory stream")
+            root = putter.close()
+        except BaseException:
+            putter.abort()
+            raise
+        return PutDirectoryResponse(root_digest=root)
+
+
+class PathInfoServicer:
+    """tvix.store.v1.PathInfoService over a :class:`~tvixd.pathinfoservice.base.PathInfoService`."""
+
+    def __init__(self, store: Store) -> None:
+        self.path_infos = store.path_info
+
+    def Get(self, request: rpc_pathinfo_pb2.GetPathInfoRequest, context: grpc.ServicerContext) -> PathInfo:
+        if request.WhichOneof("by_what") is None:
+            # The reference says UNIMPLEMENTED; a request without its key is malformed (Part A §1).
+            raise errors.InvalidRequest("GetPathInfoRequest.by_what needs to be specified")
+        digest = request.by_output_hash
+        if len(digest) != 20:
+            raise errors.InvalidRequest(
+                f"GetPathInfoRequest.by_output_hash: invalid output digest length {len(digest)}, expected 20")
+        path_info = self.path_infos.get(digest)
+        if path_info is None:
+            raise errors.NotFound(f"PathInfo for output hash {digest.hex()} not found")
+        return path_info
+
+    def Put(self, request: PathInfo, context: grpc.ServicerContext) -> PathInfo:
+        return self.path_infos.put(request)
+
+    def CalculateNAR(self, request: Node, context: grpc.ServicerContext) -> CalculateNARResponse:
+        if request.WhichOneof("node") is None:
+            raise errors.InvalidRequest("Node.node: no root node sent")
+        nar_size, nar_sha256 = self.path_infos.calculate_nar(request)
+        return CalculateNARResponse(nar_size=nar_size, nar_sha256=nar_sha256)
+
+    def List(self, request: rpc_pathinfo_pb2.ListPathInfoRequest, context: grpc.ServicerContext) -> Iterator[PathInfo]:
+        yield from self.path_infos.list()
+
+
+def generic_handlers(store: Store, max_message_bytes: int) -> list[grpc.GenericRpcHandler]:
+    """The three tvix.store.v1 services over ``store``."""
+    servicers = (BlobServicer(store), DirectoryServicer(store), PathInfoServicer(store))
+    return [generic_handler(d, s, max_message_bytes) for d, s in zip(SERVICE_DESCRIPTORS, servicers, strict=True)]
