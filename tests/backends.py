@@ -50,3 +50,34 @@ DIRECTORY_BACKENDS: dict[str, DirectoryFactory] = {
 PATH_INFO_BACKENDS: dict[str, PathInfoFactory] = {
     "memory": _memory_path_info,
 }
+
+
+# gRPC clients talking to a real in-process server (memory backends) over a Unix socket (grpc helper).
+def _grpc_blob(tmp_path: Path, stack: ExitStack) -> BlobService:
+    from tests.daemon import memory_store_url
+
+    return blob_from_addr(memory_store_url(stack))
+
+
+def _grpc_directory(tmp_path: Path, stack: ExitStack) -> DirectoryService:
+    from tests.daemon import memory_store_url
+
+    return directory_from_addr(memory_store_url(stack))
+
+
+def _grpc_path_info(tmp_path: Path, stack: ExitStack) -> PathInfoService:
+    from tests.daemon import memory_store_url
+
+    url = memory_store_url(stack)
+    blob = _closing(stack, blob_from_addr(url))
+    directory = _closing(stack, directory_from_addr(url))
+    service = path_info_from_addr(url, blob, directory)
+    # from_addr does not hand blob/directory to a gRPC client (it uses the remote store);
+    # the suite uploads content through these, clients of the same server.
+    service.blob_service, service.directory_service = blob, directory
+    return service
+
+
+BLOB_BACKENDS["grpc"] = _grpc_blob
+DIRECTORY_BACKENDS["grpc"] = _grpc_directory
+PATH_INFO_BACKENDS["grpc"] = _grpc_path_info

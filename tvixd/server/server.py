@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import structlog
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -116,6 +117,32 @@ def _family_available(address: str) -> bool:
     return True
 
 
+class _ReflectionPool:
+    """The default descriptor pool, plus method symbols (``pkg.Service.Method``).
+
+    Python's pool cannot find the file containing a method, so without this
+    ``grpcurl describe tvix.store.v1.BlobService.Put`` fails "Symbol not found".
+    """
+
+    def __init__(self) -> None:
+        self._pool = descriptor_pool.Default()
+
+    def FindFileContainingSymbol(self, name: str):
+        try:
+            return self._pool.FindFileContainingSymbol(name)
+        except KeyError:
+            service, _, method = name.rpartition(".")
+            try:
+                if method and self._pool.FindServiceByName(service).methods_by_name.get(method):
+                    return self._pool.FindFileContainingSymbol(service)
+            except KeyError:
+                pass
+            raise
+
+    def __getattr__(self, attr: str):
+        return getattr(self._pool, attr)
+
+
 @dataclass
 class TvixdServer:
     """A built (not yet started) server and what it is bound to."""
@@ -178,7 +205,7 @@ def build_server(
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server, pool=_ReflectionPool()
     )
     credentials = grpc.ssl_server_credentials([(tls.private_key, tls.cert_chain)]) if tls else None
     built = TvixdServer(server=server, health=health_servicer)

@@ -114,7 +114,7 @@ def _rpc(method: str, fn: Callable[..., Any], request_streaming: bool, response_
             try:
                 req = _checked_stream(request) if request_streaming else _checked(request)
                 yield from fn(req, context)
-            except Exception as e:  # noqa: BLE001 - the one place exceptions become statuses
+            except Exception as e:  # the one place exceptions become statuses
                 _fail(context, method, e)
 
         return functools.update_wrapper(stream_handler, fn)
@@ -123,7 +123,7 @@ def _rpc(method: str, fn: Callable[..., Any], request_streaming: bool, response_
         try:
             req = _checked_stream(request) if request_streaming else _checked(request)
             return fn(req, context)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             _fail(context, method, e)
 
     return functools.update_wrapper(unary_handler, fn)
