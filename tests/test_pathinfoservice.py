@@ -161,7 +161,7 @@ def path_info_service_key(name: bytes) -> bytes:
 
 @pytest.fixture
 def nar_ready():
-    pytest.importorskip("tvixd.castore.nar", reason="NarWriter (castore helper) not landed yet")
+    pytest.importorskip("tvixd.nar", reason="the NAR renderer tvixd.nar (backends helper) has not landed yet")
 
 
 def sha(b: bytes) -> bytes:
