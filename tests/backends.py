@@ -41,6 +41,7 @@ def _memory_path_info(tmp_path: Path, stack: ExitStack) -> PathInfoService:
 
 BLOB_BACKENDS: dict[str, BlobFactory] = {
     "memory": lambda tmp_path, stack: blob_from_addr("memory://"),
+    "fs": lambda tmp_path, stack: blob_from_addr(f"fs://{tmp_path}/blobs"),
 }
 
 DIRECTORY_BACKENDS: dict[str, DirectoryFactory] = {

@@ -193,3 +193,180 @@ def test_from_addr_invalid(addr, why):
     with pytest.raises(InvalidRequest, match=why) as e:
         from_addr(addr)
     assert repr(addr) in str(e.value)
+
+
+# --- fs:// specifics: layout, durability, corruption, crashes (SPEC Part A §7) --------------------------
+
+WRITER_SCRIPT = """
+import sys, time
+from tvixd.blobservice.fs import FsBlobService
+w = FsBlobService(sys.argv[1]).open_write()
+w.write(b"x" * (4 << 20))
+w._file.flush()
+print("written", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.fixture
+def fs_service(tmp_path):
+    from tvixd.blobservice.fs import FsBlobService
+
+    service = FsBlobService(str(tmp_path / "blobs"))
+    yield service
+    service.close()
+
+
+def blob_files(root) -> list:
+    """Every file that is a blob (everything outside tmp/)."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and "tmp" not in p.relative_to(root).parts)
+
+
+def test_fs_layout(fs_service, tmp_path):
+    put(fs_service, BLOB_A)
+    h = BLOB_A_DIGEST.hex()
+    path = tmp_path / "blobs" / h[:2] / h[2:]
+    assert path.read_bytes() == BLOB_A
+    assert path.stat().st_mode & 0o777 == 0o444
+    assert blob_files(tmp_path / "blobs") == [path]
+    assert list((tmp_path / "blobs" / "tmp").iterdir()) == []
+
+
+def _flip_last_byte(tmp_path, digest: bytes) -> None:
+    h = digest.hex()
+    path = tmp_path / "blobs" / h[:2] / h[2:]
+    path.chmod(0o644)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_fs_corrupt_blob_raises_data_loss(fs_service, tmp_path):
+    from tvixd.errors import DataLoss
+
+    put(fs_service, BLOB_B)
+    _flip_last_byte(tmp_path, BLOB_B_DIGEST)
+    reader = fs_service.open_read(BLOB_B_DIGEST)
+    with pytest.raises(DataLoss, match=str(BLOB_B_DIGEST).replace("+", r"\+")):
+        reader.read()
+    reader = fs_service.open_read(BLOB_B_DIGEST)
+    got = b""
+    with pytest.raises(DataLoss):
+        while chunk := reader.read(100_000):
+            got += chunk
+    assert len(got) < len(BLOB_B)  # the final bytes were never returned
+
+
+def test_fs_corrupt_small_blob(fs_service, tmp_path):
+    from tvixd.errors import DataLoss
+
+    put(fs_service, BLOB_A)
+    _flip_last_byte(tmp_path, BLOB_A_DIGEST)
+    with pytest.raises(DataLoss):
+        fs_service.open_read(BLOB_A_DIGEST).read(1024)
+
+
+def test_fs_truncated_blob(fs_service, tmp_path):
+    from tvixd.errors import DataLoss
+
+    put(fs_service, BLOB_B)
+    reader = fs_service.open_read(BLOB_B_DIGEST)
+    h = BLOB_B_DIGEST.hex()
+    (tmp_path / "blobs" / h[:2] / h[2:]).chmod(0o644)
+    with open(tmp_path / "blobs" / h[:2] / h[2:], "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(DataLoss, match="truncated"):
+        reader.read()
+
+
+def test_fs_backward_and_end_seeks(fs_service):
+    put(fs_service, BLOB_B)
+    reader = fs_service.open_read(BLOB_B_DIGEST)
+    assert reader.seek(-10, io.SEEK_END) == len(BLOB_B) - 10
+    assert reader.read() == BLOB_B[-10:]
+    assert reader.seek(5) == 5
+    assert reader.read(5) == BLOB_B[5:10]
+    assert reader.seek(len(BLOB_B) + 1) == len(BLOB_B) + 1
+    assert reader.read() == b""
+
+
+def test_fs_abandoned_writer_leaves_no_temp_file(fs_service, tmp_path):
+    writer = fs_service.open_write()
+    writer.write(BLOB_B)
+    assert len(list((tmp_path / "blobs" / "tmp").iterdir())) == 1
+    del writer
+    assert list((tmp_path / "blobs" / "tmp").iterdir()) == []
+    assert blob_files(tmp_path / "blobs") == []
+
+
+def test_fs_killed_writer_leaves_no_visible_blob(tmp_path):
+    """A writer process killed with SIGKILL mid-write: nothing visible; its temp file goes once stale."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import tvixd_env
+    from tvixd.blobservice.fs import FsBlobService
+
+    root = tmp_path / "blobs"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER_SCRIPT, str(root)], stdout=subprocess.PIPE, env=tvixd_env()
+    )
+    try:
+        assert proc.stdout.readline() == b"written\n"
+    finally:
+        proc.kill()
+        proc.wait()
+    digest = B3Digest.of(b"x" * (4 << 20))
+    service = FsBlobService(str(root))
+    assert not service.has(digest)
+    assert blob_files(root) == []
+    [leftover] = list((root / "tmp").iterdir())
+    assert leftover.stat().st_size == 4 << 20
+    os.utime(leftover, (0, 0))  # make it look like a crash from long ago
+    FsBlobService(str(root))
+    assert list((root / "tmp").iterdir()) == []
+
+
+def test_fs_os_error_names_path(fs_service, tmp_path):
+    from tvixd.errors import StorageError
+
+    h = BLOB_A_DIGEST.hex()
+    (tmp_path / "blobs" / h[:2]).write_bytes(b"not a directory")
+    writer = fs_service.open_write()
+    writer.write(BLOB_A)
+    with pytest.raises(StorageError, match=h[:2]):
+        writer.close()
+    assert list((tmp_path / "blobs" / "tmp").iterdir()) == []
+
+
+def test_fs_disk_full(tmp_path):
+    """ENOSPC → ResourceExhausted, and nothing visible (a 1 MiB tmpfs; needs root to mount)."""
+    import subprocess
+
+    from tvixd.blobservice.fs import FsBlobService
+    from tvixd.errors import ResourceExhausted
+
+    root = tmp_path / "blobs"
+    root.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(root)], capture_output=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill: {mount.stderr.decode().strip()}")
+    try:
+        service = FsBlobService(str(root))
+        writer = service.open_write()
+        with pytest.raises(ResourceExhausted, match="no space"):
+            for _ in range(4):
+                writer.write(BLOB_B)
+            writer.close()
+        assert blob_files(root) == []
+        assert list((root / "tmp").iterdir()) == []
+        assert put(service, BLOB_A) == BLOB_A_DIGEST  # still usable afterwards
+    finally:
+        subprocess.run(["umount", str(root)], check=True)
+
+
+def test_fs_from_addr_creates_directory(tmp_path):
+    service = from_addr(f"fs://{tmp_path}/a/b/blobs")
+    assert put(service, BLOB_A) == BLOB_A_DIGEST
+    assert (tmp_path / "a" / "b" / "blobs" / "tmp").is_dir()
