@@ -154,7 +154,7 @@ class _FsBlobWriter(BlobWriter):
             fd, self._tmp_path = tempfile.mkstemp(dir=tmp_dir, prefix="blob-", suffix=".tmp")
         except OSError as e:
             raise _os_error(e, "create a temp file in", tmp_dir) from e
-        self._file = open(fd, "wb", buffering=WRITE_BUFFER)  # noqa: SIM115 - closed in close/abort
+        self._file = open(fd, "wb", buffering=WRITE_BUFFER)  # closed in close/abort
         return self._file
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
@@ -280,7 +280,7 @@ class FsBlobService(BlobService):
         digest = B3Digest(digest)
         path = self.path_of(digest)
         try:
-            file = open(path, "rb", buffering=0)  # noqa: SIM115 - owned by the reader
+            file = open(path, "rb", buffering=0)  # owned by the reader
         except FileNotFoundError:
             return None
         except OSError as e:
