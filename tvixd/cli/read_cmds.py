@@ -1,0 +1,362 @@
+"""Read-side commands named like Nix's: ``dump-path``, ``path-info``, ``ls``, ``cat``.
+
+Paths inside a store path are resolved like Nix's store accessor does: the whole
+path is canonicalised first (``.``, ``..``, repeated ``/``), symlinks in the middle
+of a path are followed (relative ones inside their directory, absolute ones into
+whatever store path they name), the last component is never followed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING
+
+from tvixd.cli.common import add_store_args
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from tvixd.castore.directory import AnyNode
+    from tvixd.proto.pathinfo_pb2 import PathInfo
+    from tvixd.store import Store
+
+MAX_SYMLINK_HOPS = 40
+"""Like the kernel's ELOOP limit: a chain of symlinks longer than this is an error."""
+
+OUT_BUFFER = 1 << 20
+"""stdout is written in pieces of this size (NARs and file contents are streamed)."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Declare ``dump-path``, ``path-info``, ``ls`` and ``cat``."""
+    p = subparsers.add_parser(
+        "dump-path",
+        help="write the NAR of a store path to stdout",
+        description="Write the NAR serialisation of STORE_PATH (or of a path inside it) to stdout, "
+        "like `nix store dump-path` / `nix-store --dump`.",
+    )
+    p.add_argument("path", metavar="STORE_PATH")
+    add_store_args(p, None)
+    p.set_defaults(func=run_dump_path)
+
+    p = subparsers.add_parser(
+        "path-info",
+        help="show the metadata of store paths",
+        description="Print each STORE_PATH (plain), or like `nix path-info --json` a JSON list of "
+        "objects with path, narHash, narSize and references. Exit status 1 if any path is missing.",
+    )
+    p.add_argument("paths", nargs="*", metavar="STORE_PATH")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.add_argument("--all", action="store_true", help="all paths in the store")
+    add_store_args(p, None)
+    p.set_defaults(func=run_path_info)
+
+    p = subparsers.add_parser(
+        "ls",
+        help="list a directory inside a store path",
+        description="List STORE_PATH[/sub/path] like `nix store ls`.",
+    )
+    p.add_argument("path", metavar="STORE_PATH[/sub/path]")
+    p.add_argument("-l", "--long", action="store_true", help="show type, permissions and size")
+    p.add_argument("-R", "--recursive", action="store_true", help="list subdirectories recursively")
+    p.add_argument("-d", "--directory", action="store_true", help="show directories rather than their contents")
+    p.add_argument("--json", action="store_true", help="print a JSON object (like `nix store ls --json`)")
+    add_store_args(p, None)
+    p.set_defaults(func=run_ls)
+
+    p = subparsers.add_parser(
+        "cat",
+        help="print a file inside a store path",
+        description="Write the contents of the regular file STORE_PATH/sub/file to stdout, like `nix store cat`.",
+    )
+    p.add_argument("path", metavar="STORE_PATH/sub/file")
+    add_store_args(p, None)
+    p.set_defaults(func=run_cat)
+
+
+# --- resolution -------------------------------------------------------------------------------------
+
+
+def lookup_path_info(store: Store, path: str) -> tuple[PathInfo, str]:
+    """The PathInfo of the store path that ``path`` starts with, and the rest of ``path``.
+
+    ``NotFound`` if the store path is not in the store (also when a path info is stored
+    under the digest but for a different name: that is a different store path).
+    """
+    from tvixd.castore.pathinfo import root_node
+    from tvixd.castore.storepath import StorePath
+    from tvixd.errors import NotFound
+
+    store_path, rest = StorePath.from_absolute_path_full(path)
+    info = store.path_info.get(store_path.digest)
+    if info is None or root_node(info).name != str(store_path).encode():
+        raise NotFound(f"path '{store_path.absolute()}' is not in the store")
+    return info, rest
+
+
+def _canon(path: str) -> str:
+    import posixpath
+
+    if not path.startswith("/"):
+        from tvixd.errors import InvalidRequest
+
+        raise InvalidRequest(f"'{path}' is not an absolute path")
+    path = posixpath.normpath(path)
+    return path[1:] if path.startswith("//") else path  # POSIX keeps a leading "//"; Nix doesn't
+
+
+def _child(store: Store, directory_node: AnyNode, name: bytes) -> AnyNode | None:
+    from tvixd.castore.digest import B3Digest
+    from tvixd.errors import NotFound
+
+    directory = store.directory.get(directory_node.digest)
+    if directory is None:
+        raise NotFound(f"directory {B3Digest(directory_node.digest)} is missing from the store")
+    for nodes in (directory.directories, directory.files, directory.symlinks):
+        for node in nodes:
+            if node.name == name:
+                return node
+    return None
+
+
+def resolve(store: Store, path: str, hops: int = 0) -> AnyNode | None:
+    """The node at ``path`` (``/nix/store/<hash>-<name>[/sub...]``), or ``None`` if nothing is there.
+
+    Intermediate symlinks are followed as Nix's accessor does; the last component is not.
+    """
+    import os
+
+    from tvixd.castore.pathinfo import root_node
+    from tvixd.castore.storepath import STORE_DIR
+    from tvixd.errors import InvalidRequest
+    from tvixd.proto.castore_pb2 import DirectoryNode, SymlinkNode
+
+    path = _canon(path)
+    info, rest = lookup_path_info(store, path)
+    node: AnyNode = root_node(info)
+    store_root = f"{STORE_DIR}/{node.name.decode()}"
+    components = [os.fsencode(c) for c in rest.split("/") if c]
+    for i, name in enumerate(components):
+        if isinstance(node, SymlinkNode):
+            if hops >= MAX_SYMLINK_HOPS:
+                raise InvalidRequest(f"{path}: too many levels of symbolic links")
+            target = os.fsdecode(node.target)
+            # The link sits at components[i - 1] (or is the store path itself, when i == 0).
+            parent = "/".join([store_root, *(os.fsdecode(c) for c in components[: i - 1])]) if i else STORE_DIR
+            remaining = "/".join(os.fsdecode(c) for c in components[i:])
+            new = (target if target.startswith("/") else f"{parent}/{target}") + "/" + remaining
+            return resolve(store, new, hops + 1)
+        if not isinstance(node, DirectoryNode):
+            return None
+        child = _child(store, node, name)
+        if child is None:
+            return None
+        node = child
+    return node
+
+
+def _resolve_existing(store: Store, path: str) -> AnyNode:
+    from tvixd.errors import NotFound
+
+    node = resolve(store, path)
+    if node is None:
+        raise NotFound(f"path '{path}' does not exist")
+    return node
+
+
+def _stdout() -> object:
+    """A large-buffered binary stdout (writes of at least OUT_BUFFER go straight through)."""
+    return open(sys.stdout.fileno(), "wb", buffering=OUT_BUFFER, closefd=False)
+
+
+def _broken_pipe() -> int:
+    """The reader went away (``| head``): stop quietly, as cat does."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 1
+
+
+# --- commands ---------------------------------------------------------------------------------------
+
+
+def run_dump_path(args: argparse.Namespace) -> int:
+    """Stream the NAR of a store path (or a path inside one) to stdout."""
+    from tvixd.cli.common import open_store
+    from tvixd.nar import write_nar
+
+    with open_store(args) as store:
+        node = _resolve_existing(store, args.path)
+        out = _stdout()
+        try:
+            write_nar(out.write, node, store.blob, store.directory)  # type: ignore[attr-defined]
+            out.flush()  # type: ignore[attr-defined]
+        except BrokenPipeError:
+            return _broken_pipe()
+    return 0
+
+
+def path_info_json(info: PathInfo) -> dict[str, object]:
+    """One object of ``nix path-info --json``: path, narHash (sha256:<nixbase32>), narSize, references."""
+    from tvixd.castore import nixbase32
+    from tvixd.castore.pathinfo import root_node
+    from tvixd.castore.storepath import STORE_DIR
+
+    obj: dict[str, object] = {"path": f"{STORE_DIR}/{root_node(info).name.decode()}"}
+    if info.HasField("narinfo"):
+        obj["narHash"] = "sha256:" + nixbase32.encode(info.narinfo.nar_sha256)
+        obj["narSize"] = info.narinfo.nar_size
+        obj["references"] = [f"{STORE_DIR}/{name}" for name in info.narinfo.reference_names]
+    else:
+        obj["references"] = [f"{STORE_DIR}/{nixbase32.encode(ref)}" for ref in info.references]
+    return obj
+
+
+def run_path_info(args: argparse.Namespace) -> int:
+    """Print store paths (or their metadata as JSON); missing ones are errors on stderr."""
+    import json
+
+    from tvixd.castore.pathinfo import root_node
+    from tvixd.castore.storepath import STORE_DIR
+    from tvixd.cli.common import open_store
+    from tvixd.errors import TvixError
+
+    failed = 0
+    infos: list[PathInfo] = []
+    with open_store(args) as store:
+        if args.all:
+            infos.extend(store.path_info.list())
+        for path in args.paths:
+            try:
+                info, rest = lookup_path_info(store, _canon(path))
+                if rest:
+                    raise TvixError(f"'{path}' is a path inside a store path, not a store path")
+            except TvixError as e:
+                failed += 1
+                print(f"tvixd path-info: error: {e}", file=sys.stderr, flush=True)
+                continue
+            infos.append(info)
+    if args.json:
+        print(json.dumps([path_info_json(info) for info in infos]))
+    else:
+        for info in infos:
+            print(f"{STORE_DIR}/{root_node(info).name.decode()}")
+    return 1 if failed else 0
+
+
+def _long_line(node: AnyNode, rel: bytes) -> bytes:
+    from tvixd.proto.castore_pb2 import DirectoryNode, FileNode
+
+    if isinstance(node, FileNode):
+        kind, size = (b"-r-xr-xr-x" if node.executable else b"-r--r--r--"), node.size
+    elif isinstance(node, DirectoryNode):
+        kind, size = b"dr-xr-xr-x", 0
+    else:
+        kind, size = b"lrwxrwxrwx", 0
+    line = kind + b" " + str(size).rjust(20).encode() + b" " + rel
+    if not isinstance(node, (FileNode, DirectoryNode)):
+        line += b" -> " + node.target
+    return line
+
+
+def _children(store: Store, node: AnyNode) -> list[AnyNode]:
+    from tvixd.castore.digest import B3Digest
+    from tvixd.castore.directory import directory_nodes
+    from tvixd.errors import NotFound
+
+    directory = store.directory.get(node.digest)
+    if directory is None:
+        raise NotFound(f"directory {B3Digest(node.digest)} is missing from the store")
+    return list(directory_nodes(directory))
+
+
+def _ls_lines(store: Store, node: AnyNode, rel: bytes, long: bool, recursive: bool, show_dir: bool) -> Iterator[bytes]:
+    """Lines of ``nix store ls`` (its doPath/showFile pair, transcribed)."""
+    from tvixd.proto.castore_pb2 import DirectoryNode
+
+    def show_file(n: AnyNode, r: bytes) -> Iterator[bytes]:
+        yield _long_line(n, r) if long else r
+        if recursive and isinstance(n, DirectoryNode):
+            yield from do_path(n, r, False)
+
+    def do_path(n: AnyNode, r: bytes, show_directory: bool) -> Iterator[bytes]:
+        if isinstance(n, DirectoryNode) and not show_directory:
+            for child in _children(store, n):
+                yield from show_file(child, r + b"/" + child.name)
+        else:
+            yield from show_file(n, r)
+
+    yield from do_path(node, rel, show_dir)
+
+
+def _ls_json(store: Store, node: AnyNode, recursive: bool) -> dict[str, object]:
+    """The object of ``nix store ls --json`` (Nix's listNar)."""
+    from tvixd.proto.castore_pb2 import DirectoryNode, FileNode
+
+    if isinstance(node, FileNode):
+        obj: dict[str, object] = {"type": "regular", "size": node.size}
+        if node.executable:
+            obj["executable"] = True
+        return obj
+    if isinstance(node, DirectoryNode):
+        entries = {
+            child.name.decode("utf-8", "surrogateescape"): (_ls_json(store, child, True) if recursive else {})
+            for child in _children(store, node)
+        }
+        return {"type": "directory", "entries": entries}
+    return {"type": "symlink", "target": node.target.decode("utf-8", "surrogateescape")}
+
+
+def run_ls(args: argparse.Namespace) -> int:
+    """List a node like ``nix store ls`` (plain, ``-l``, ``-R``, ``-d`` or ``--json``)."""
+    import json
+    import posixpath
+
+    from tvixd.cli.common import open_store
+    from tvixd.errors import InvalidRequest
+    from tvixd.proto.castore_pb2 import DirectoryNode
+
+    if args.json and args.directory:
+        raise InvalidRequest("'--directory' is useless with '--json'")
+    with open_store(args) as store:
+        node = _resolve_existing(store, args.path)
+        out = _stdout()
+        try:
+            if args.json:
+                text = json.dumps(_ls_json(store, node, args.recursive), ensure_ascii=False, separators=(",", ":"))
+                out.write(text.encode("utf-8", "surrogateescape"))  # type: ignore[attr-defined]
+            else:
+                rel = b"." if isinstance(node, DirectoryNode) else posixpath.basename(_canon(args.path)).encode()
+                for line in _ls_lines(store, node, rel, args.long, args.recursive, args.directory):
+                    out.write(line + b"\n")  # type: ignore[attr-defined]
+            out.flush()  # type: ignore[attr-defined]
+        except BrokenPipeError:
+            return _broken_pipe()
+    return 0
+
+
+def run_cat(args: argparse.Namespace) -> int:
+    """Stream the contents of a regular file inside a store path to stdout."""
+    from tvixd.castore.digest import B3Digest
+    from tvixd.cli.common import open_store
+    from tvixd.errors import InvalidRequest, NotFound
+    from tvixd.proto.castore_pb2 import FileNode
+
+    with open_store(args) as store:
+        node = _resolve_existing(store, args.path)
+        if not isinstance(node, FileNode):
+            raise InvalidRequest(f"path '{args.path}' is not a regular file")
+        reader = store.blob.open_read(node.digest)
+        if reader is None:
+            raise NotFound(f"blob {B3Digest(node.digest)} of '{args.path}' is missing from the store")
+        out = _stdout()
+        try:
+            with reader:
+                while chunk := reader.read(OUT_BUFFER):
+                    out.write(chunk)  # type: ignore[attr-defined]
+            out.flush()  # type: ignore[attr-defined]
+        except BrokenPipeError:
+            return _broken_pipe()
+    return 0
