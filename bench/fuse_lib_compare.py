@@ -1,0 +1,122 @@
+"""Which Python FUSE binding reads fastest? (How tvixd's FUSE library was chosen; see BENCHMARKS.md.)
+
+Each binding serves one file, backed by a real file read with ``os.pread`` (what a blob read costs at
+least), and ``cat`` reads it through a fresh mount (cold kernel page cache) into /dev/null.
+
+    python bench/fuse_lib_compare.py [SIZE_MIB]      # needs /dev/fuse, pyfuse3, trio, mfusepy
+
+Compared: pyfuse3 (libfuse3 low-level API, trio; reads in worker threads as tvixd does, and inline
+on the event loop) and mfusepy (ctypes over the libfuse high-level path API, libfuse's own threads).
+Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def serve_pyfuse3(mnt: str, backing: str, threaded: bool) -> None:
+    import pyfuse3
+    import trio
+
+    size = os.path.getsize(backing)
+    fd = os.open(backing, os.O_RDONLY)
+
+    class One(pyfuse3.Operations):
+        def _attr(self, ino: int) -> pyfuse3.EntryAttributes:
+            a = pyfuse3.EntryAttributes()
+            a.st_ino = ino
+            a.st_mode = (stat.S_IFDIR | 0o555) if ino == 1 else (stat.S_IFREG | 0o444)
+            a.st_size = 0 if ino == 1 else size
+            a.attr_timeout = a.entry_timeout = 3600
+            return a
+
+        async def getattr(self, inode: int, ctx: object = None) -> pyfuse3.EntryAttributes:
+            return self._attr(inode)
+
+        async def lookup(self, parent: int, name: bytes, ctx: object = None) -> pyfuse3.EntryAttributes:
+            if name != b"big":
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            return self._attr(2)
+
+        async def open(self, inode: int, flags: int, ctx: object) -> pyfuse3.FileInfo:
+            return pyfuse3.FileInfo(fh=1, keep_cache=True)
+
+        async def read(self, fh: int, off: int, n: int) -> bytes:
+            if threaded:
+                return await trio.to_thread.run_sync(os.pread, fd, n, off)
+            return os.pread(fd, n, off)
+
+    pyfuse3.init(One(), mnt, {"ro", "fsname=bench"})
+    try:
+        trio.run(pyfuse3.main)
+    finally:
+        pyfuse3.close(unmount=True)
+
+
+def serve_mfusepy(mnt: str, backing: str) -> None:
+    import mfusepy
+
+    size = os.path.getsize(backing)
+    fd = os.open(backing, os.O_RDONLY)
+
+    class One(mfusepy.Operations):
+        def getattr(self, path: str, fh: int | None = None) -> dict:
+            if path == "/":
+                return {"st_mode": stat.S_IFDIR | 0o555, "st_nlink": 1}
+            if path == "/big":
+                return {"st_mode": stat.S_IFREG | 0o444, "st_nlink": 1, "st_size": size}
+            raise mfusepy.FuseOSError(errno.ENOENT)
+
+        def read(self, path: str, n: int, off: int, fh: int) -> bytes:
+            return os.pread(fd, n, off)
+
+    mfusepy.FUSE(One(), mnt, foreground=True, ro=True, fsname="bench", kernel_cache=True)
+
+
+def measure(kind: str, backing: str, size: int) -> float:
+    with tempfile.TemporaryDirectory() as mnt:
+        proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, mnt, backing])
+        try:
+            for _ in range(200):
+                if os.path.ismount(mnt):
+                    break
+                time.sleep(0.05)
+            t = time.perf_counter()
+            subprocess.run(["cat", f"{mnt}/big"], stdout=subprocess.DEVNULL, check=True)
+            elapsed = time.perf_counter() - t
+        finally:
+            subprocess.run(["fusermount3", "-u", mnt], check=False)
+            proc.wait(timeout=10)
+    return size / elapsed / 2**20
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--serve":
+        kind, mnt, backing = sys.argv[2:5]
+        if kind == "mfusepy":
+            serve_mfusepy(mnt, backing)
+        else:
+            serve_pyfuse3(mnt, backing, threaded=kind == "pyfuse3-threads")
+        return
+    size = int(sys.argv[1] if len(sys.argv) > 1 else 512) * 2**20
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(os.urandom(size))
+        f.flush()
+        t = time.perf_counter()
+        subprocess.run(["cat", f.name], stdout=subprocess.DEVNULL, check=True)
+        print(f"direct (page cache): {size / (time.perf_counter() - t) / 2**20:8.0f} MiB/s")
+        for kind in ("pyfuse3-threads", "pyfuse3-inline", "mfusepy"):
+            rates = [measure(kind, f.name, size) for _ in range(3)]
+            print(f"{kind:16s}: {max(rates):8.0f} MiB/s (best of 3: {', '.join(f'{r:.0f}' for r in rates)})")
+
+
+if __name__ == "__main__":
+
+    main()

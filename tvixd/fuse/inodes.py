@@ -1,0 +1,153 @@
+"""Inode numbers for the FUSE view of the store (SPEC Part B §8.1, Part A §10).
+
+Inodes are shared by content, store-wide, as the reference does: identical
+files, symlinks or directories anywhere in the store get one inode number.
+Numbers start at 2 (1 is the FUSE root, i.e. ``/nix/store``), increase by one
+per allocation, and are never freed (the store is immutable, so an inode's
+data never changes; only a sparse directory is upgraded to a populated one).
+
+Unlike the reference, files are keyed by ``(blob digest, executable)``, not by
+the digest alone: Part A §10 shows the executable bit, and an executable and a
+non-executable file with the same bytes must not share one inode (they would
+share one mode, the first one seen). Symlinks are keyed by target bytes,
+directories by directory digest; the three key spaces are separate.
+
+This module does no I/O and is not thread-safe: the FUSE layer only calls it
+from its event-loop thread and does the blocking fetches elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tvixd.castore.directory import AnyNode, directory_nodes, directory_size
+from tvixd.proto.castore_pb2 import Directory, DirectoryNode, FileNode, SymlinkNode
+
+ROOT_INO = 1
+FIRST_INO = 2
+
+
+@dataclass(frozen=True)
+class FileData:
+    """A regular file: its blob, its declared size and whether it is executable."""
+
+    digest: bytes
+    size: int
+    executable: bool
+
+
+@dataclass(frozen=True)
+class SymlinkData:
+    """A symlink: its exact target bytes."""
+
+    target: bytes
+
+
+@dataclass
+class DirectoryData:
+    """A directory: *sparse* (``children is None``, only digest and size known) or *populated*.
+
+    ``size`` is the DirectoryNode's recursive element count and never changes
+    once set (the reference switched to the number of direct children on
+    population, so ``stat`` of one directory gave different sizes over time).
+    ``children`` are ``(inode, node)`` in merged name order (SPEC §5.5);
+    ``index`` maps a child's name to its position, for O(1) lookups.
+    """
+
+    digest: bytes
+    size: int
+    children: list[tuple[int, AnyNode]] | None = None
+    index: dict[bytes, int] = field(default_factory=dict)
+
+    @property
+    def populated(self) -> bool:
+        return self.children is not None
+
+
+InodeData = FileData | SymlinkData | DirectoryData
+
+
+class InodeTracker:
+    """Allocates inode numbers by content and remembers what each one is."""
+
+    def __init__(self) -> None:
+        self._data: dict[int, InodeData] = {}
+        self._files: dict[tuple[bytes, bool], int] = {}
+        self._symlinks: dict[bytes, int] = {}
+        self._directories: dict[bytes, int] = {}
+        self._store_paths: dict[bytes, int] = {}
+        self._next = FIRST_INO
+
+    def get(self, ino: int) -> InodeData | None:
+        """What inode ``ino`` is, or ``None`` if it was never allocated (the root is not tracked here)."""
+        return self._data.get(ino)
+
+    def _allocate(self, data: InodeData) -> int:
+        ino = self._next
+        self._next += 1
+        self._data[ino] = data
+        return ino
+
+    def put_node(self, node: AnyNode) -> int:
+        """The inode of ``node`` (a child entry or a PathInfo root), allocating it if new.
+
+        Directories are recorded sparse unless already known; the node's name is
+        ignored (inodes are by content).
+        """
+        if isinstance(node, FileNode):
+            key = (bytes(node.digest), bool(node.executable))
+            ino = self._files.get(key)
+            if ino is None:
+                ino = self._files[key] = self._allocate(FileData(key[0], node.size, key[1]))
+            return ino
+        if isinstance(node, SymlinkNode):
+            target = bytes(node.target)
+            ino = self._symlinks.get(target)
+            if ino is None:
+                ino = self._symlinks[target] = self._allocate(SymlinkData(target))
+            return ino
+        if isinstance(node, DirectoryNode):
+            digest = bytes(node.digest)
+            ino = self._directories.get(digest)
+            if ino is None:
+                ino = self._directories[digest] = self._allocate(DirectoryData(digest, node.size))
+            return ino
+        raise TypeError(f"not a castore node: {type(node).__name__}")
+
+    def put_directory(self, digest: bytes, directory: Directory) -> int:
+        """Record the contents of the directory named ``digest``; return its inode.
+
+        A sparse inode with this digest keeps its number and becomes populated;
+        an already populated one is left alone; a directory never seen gets its
+        children's inodes first, then its own (SPEC §8.1). ``digest`` must be the
+        directory's real digest (the DirectoryService checks that on fetch).
+        """
+        digest = bytes(digest)
+        ino = self._directories.get(digest)
+        if ino is not None:
+            data = self._data[ino]
+            assert isinstance(data, DirectoryData)
+            if data.populated:
+                return ino
+        children = [(self.put_node(child), child) for child in directory_nodes(directory)]
+        index = {bytes(child.name): i for i, (_, child) in enumerate(children)}
+        if ino is None:
+            ino = self._directories[digest] = self._allocate(
+                DirectoryData(digest, directory_size(directory), children, index)
+            )
+        else:
+            data = self._data[ino]
+            assert isinstance(data, DirectoryData)
+            data.index = index
+            data.children = children
+        return ino
+
+    def put_store_path(self, basename: bytes, node: AnyNode) -> int:
+        """Record the root node of the store path ``basename`` and return its inode."""
+        ino = self.put_node(node)
+        self._store_paths[bytes(basename)] = ino
+        return ino
+
+    def store_path(self, basename: bytes) -> int | None:
+        """The inode of a store path seen before, or ``None``."""
+        return self._store_paths.get(bytes(basename))

@@ -1,0 +1,128 @@
+"""Mounting and serving :class:`tvixd.fuse.fs.StoreFS`, with a clean unmount on SIGTERM/SIGINT.
+
+A FUSE process that dies without unmounting leaves a *stale* mount: every
+access to the mount point fails with ENOTCONN ("Transport endpoint is not
+connected") until someone runs ``fusermount3 -u``. So: signals are handled by
+trio (no KeyboardInterrupt halfway through a handler), the main loop is
+cancelled, and ``pyfuse3.close(unmount=True)`` always runs; and a stale mount
+found at start-up is reported with the fix instead of a confusing failure.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from tvixd.store import Store
+
+log = structlog.get_logger("tvixd.fuse")
+
+
+class MountError(Exception):
+    """The mount point is unusable; the message is one line saying why and what to do."""
+
+
+def check_mountpoint(dest: Path) -> None:
+    """Raise :class:`MountError` unless ``dest`` is an existing directory we can mount on."""
+    try:
+        st = os.stat(dest)
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:
+            raise MountError(
+                f"{dest} is a stale FUSE mount (its process died without unmounting: {e.strerror}); "
+                f"run `fusermount3 -u {dest}` and try again"
+            ) from None
+        raise MountError(f"{dest}: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise MountError(f"{dest} is not a directory")
+
+
+def mount_options(*, allow_other: bool) -> set[str]:
+    """The FUSE mount options: read-only (the kernel refuses writes with EROFS), kernel permission checks."""
+    options = {"fsname=tvixd", "subtype=tvixd", "ro", "default_permissions", "nodev", "nosuid"}
+    if allow_other:
+        options.add("allow_other")
+    return options
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd (Type=notify units) about our state; does nothing outside systemd."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(state.encode(), addr)
+    except OSError as e:
+        log.warning("sd_notify failed", error=str(e))
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def serve(
+    store: Store,
+    dest: Path,
+    *,
+    list_root: bool = False,
+    allow_other: bool = False,
+    show_xattr: bool = False,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
+    """Mount ``store`` at ``dest`` and serve it until SIGTERM/SIGINT or an external unmount.
+
+    Always unmounts before returning (unless someone else already did).
+    """
+    import pyfuse3
+    import trio
+
+    from tvixd.fuse.fs import StoreFS
+
+    check_mountpoint(dest)
+    ops = StoreFS(store, list_root=list_root, show_xattr=show_xattr)
+    # From here on SIGTERM must not kill us outright (that would leave a stale mount): until trio's own
+    # signal receiver takes over, it interrupts like SIGINT does, and the `finally` below unmounts.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        pyfuse3.init(ops, str(dest), mount_options(allow_other=allow_other))
+    except RuntimeError as e:
+        raise MountError(f"mounting at {dest} failed ({e}); is /dev/fuse usable and fusermount3 installed?") from None
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+
+                async def fuse_loop() -> None:
+                    await pyfuse3.main()
+                    # The main loop ends by itself when the filesystem is unmounted from outside.
+                    log.info("unmounted from outside", dest=str(dest))
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(fuse_loop)
+                log.info("mounted", dest=str(dest), list_root=list_root, show_xattr=show_xattr)
+                sd_notify("READY=1")
+                if on_ready is not None:
+                    on_ready()
+                async for signum in signals:
+                    log.info("unmounting", dest=str(dest), signal=signal.Signals(signum).name)
+                    sd_notify("STOPPING=1")
+                    nursery.cancel_scope.cancel()
+                    break
+
+    try:
+        trio.run(main)
+    except KeyboardInterrupt:
+        log.info("unmounting", dest=str(dest), signal="early")
+    finally:
+        pyfuse3.close(unmount=True)
+    log.info("stopped", dest=str(dest))
