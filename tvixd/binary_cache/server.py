@@ -1,0 +1,99 @@
+"""Serve the binary cache WSGI app with gevent's pywsgi (only ever in the ``tvixd binary-cache`` process).
+
+Concurrency model: pywsgi runs one greenlet per connection (at most
+``max_connections``, a ``gevent.pool.Pool``); the greenlets only parse HTTP
+and move bytes between sockets. Everything that blocks — SQLite lookups,
+blob file reads, blake3 verification, zstd, decompressing and parsing uploads,
+gRPC calls to a remote store — runs in the hub's thread pool
+(``gevent.get_hub().threadpool``, ``threads`` native threads), one call per
+narinfo and one call per ~1 MiB chunk of a NAR. File I/O, hashlib, blake3 and
+zstandard release the GIL, so two big downloads really run side by side and
+the event loop keeps answering narinfo lookups meanwhile.
+
+No monkey-patching at all: pywsgi uses gevent's own sockets natively, and
+the store code (and grpcio, for ``grpc+`` store addresses) keeps real threads
+and real locks, because it only ever runs on the pool's native threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from typing import Any
+
+import structlog
+
+from tvixd.binary_cache.app import BinaryCacheApp
+
+log = structlog.get_logger("tvixd.binary_cache")
+
+
+def parse_listen_address(addr: str) -> tuple[str, int]:
+    """``HOST:PORT`` / ``[V6]:PORT`` → (host, port); a bare ``:PORT`` is refused (say which interface)."""
+    from tvixd.errors import InvalidRequest
+
+    host, colon, port = addr.rpartition(":")
+    if not colon or not host or not port.isdigit() or int(port) > 65535:
+        raise InvalidRequest(f"invalid listen address {addr!r}: expected HOST:PORT, e.g. localhost:9000 or [::]:9000")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def _make_handler_class() -> type:
+    from gevent.pywsgi import WSGIHandler
+
+    class Handler(WSGIHandler):
+        """Log unexpected errors (e.g. a NAR aborted mid-stream) through structlog, not gevent's stderr printer."""
+
+        def _log_error(self, t: Any, v: Any, tb: Any) -> None:
+            from greenlet import GreenletExit
+
+            if not issubclass(t, GreenletExit):
+                log.error("connection aborted", path=self.path, error=str(v), error_type=t.__name__)
+
+    return Handler
+
+
+def serve(
+    app: BinaryCacheApp,
+    listen_address: str,
+    max_connections: int = 256,
+    threads: int = 8,
+    ready: Any = None,
+) -> None:
+    """Bind, then serve until SIGTERM/SIGINT. ``ready(port)`` is called once listening (for sd_notify/tests)."""
+    import gevent
+    from gevent.pool import Pool
+    from gevent.pywsgi import WSGIServer
+
+    host, port = parse_listen_address(listen_address)
+    hub = gevent.get_hub()
+    pool = hub.threadpool
+    pool.maxsize = threads
+
+    def offload(fn: Any, *args: Any) -> Any:
+        return pool.apply(fn, args)
+
+    app.offload = offload
+    server = WSGIServer(
+        (host, port),
+        app,
+        spawn=Pool(max_connections),
+        log=logging.getLogger("tvixd.binary_cache.access"),
+        error_log=logging.getLogger("tvixd.binary_cache.http"),
+        handler_class=_make_handler_class(),
+    )
+    server.start()
+    bound = server.server_port
+    log.info("binary cache listening", address=f"{host}:{bound}", host=host, port=bound,
+             signing_keys=[k.name for k in app.signing_keys], threads=threads, max_connections=max_connections)
+    if ready is not None:
+        ready(bound)
+    stop = gevent.event.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(sig, stop.set)
+    stop.wait()
+    log.info("binary cache stopping")
+    server.stop(timeout=5)
+    app.close()
