@@ -142,8 +142,8 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         return max(size - n, 0), size
     start = int(first)
     end = int(last) + 1 if last else size
-    if end <= start:
-        return None
+    if end <= start and last:
+        return None  # invalid (last < first): ignored
     if start >= size:
         raise HttpError(416, f"range starts at {start}, the NAR has {size} bytes")
     return start, min(end, size)
@@ -253,6 +253,8 @@ class BinaryCacheApp:
                       status=status, error=message)
         body = (message + "\n").encode("utf-8", "backslashreplace")
         headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+        if isinstance(exc_range := environ.get("tvixd.nar_size"), int) and status == 416:
+            headers.append(("Content-Range", f"bytes */{exc_range}"))
         if status == 405:
             headers.append(("Allow", "GET, HEAD, PUT"))
         start_response(f"{status} {_STATUS_TEXT.get(status, '')}", headers)
@@ -368,6 +370,7 @@ class BinaryCacheApp:
                                   self.zstd_level)
             return _OffloadedIterator(chunks, self.offload, what)
         headers.append(("Accept-Ranges", "bytes"))
+        environ["tvixd.nar_size"] = plan.size
         span = parse_range(range_header, plan.size)
         if span is None:
             start, end = 0, plan.size

@@ -55,6 +55,13 @@ def _make_handler_class() -> type:
     return Handler
 
 
+def _capture(fn: Any, args: tuple) -> tuple[bool, Any]:
+    try:
+        return True, fn(*args)
+    except Exception as e:
+        return False, e
+
+
 def serve(
     app: BinaryCacheApp,
     listen_address: str,
@@ -73,7 +80,12 @@ def serve(
     pool.maxsize = threads
 
     def offload(fn: Any, *args: Any) -> Any:
-        return pool.apply(fn, args)
+        # Exceptions travel back as values: a failing task must not make gevent print a traceback
+        # (logs are JSON lines); the caller re-raises it in its greenlet.
+        ok, value = pool.apply(_capture, (fn, args))
+        if not ok:
+            raise value
+        return value
 
     app.offload = offload
     server = WSGIServer(
