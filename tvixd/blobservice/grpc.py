@@ -17,8 +17,9 @@ import grpc
 from tvixd import errors
 from tvixd.blobservice.base import BlobReader, BlobService, BlobWriter
 from tvixd.castore.digest import B3Digest
-from tvixd.proto.rpc_blobstore_pb2 import BlobChunk, BlobMeta, PutBlobResponse, ReadBlobRequest, StatBlobRequest
+from tvixd.proto.rpc_blobstore_pb2 import BlobMeta, PutBlobResponse, ReadBlobRequest, StatBlobRequest
 from tvixd.server.channel import SharedChannel
+from tvixd.server.codec import decode_blob_chunk, encode_blob_chunk
 
 WRITE_CHUNK_SIZE = 1024 * 1024
 """Writes are split into BlobChunks of at most this many bytes (far below any message limit)."""
@@ -49,11 +50,11 @@ class GrpcBlobService(BlobService):
             self._read = channel.unary_stream(
                 "/tvix.store.v1.BlobService/Read",
                 request_serializer=ReadBlobRequest.SerializeToString,
-                response_deserializer=BlobChunk.FromString,
+                response_deserializer=decode_blob_chunk,  # -> memoryview of the data, no copies
             )
             self._put = channel.stream_unary(
                 "/tvix.store.v1.BlobService/Put",
-                request_serializer=BlobChunk.SerializeToString,
+                request_serializer=None,  # _drain yields encoded BlobChunks (tvixd.server.codec)
                 response_deserializer=PutBlobResponse.FromString,
             )
         return self._stat, self._read, self._put
@@ -92,7 +93,7 @@ class GrpcBlobService(BlobService):
         digest = B3Digest(digest)
         call = self._stubs()[1](ReadBlobRequest(digest=digest))
         try:
-            first = next(call).data
+            first = next(call)
         except StopIteration:
             first = b""  # the empty blob: no chunks at all
         except grpc.RpcError as e:
@@ -119,7 +120,7 @@ class GrpcBlobReader(BlobReader):
     Every byte is hashed; at EOF a mismatch with the digest raises ``DataLoss``.
     """
 
-    def __init__(self, channel: SharedChannel, digest: B3Digest, call: Iterator[BlobChunk], first: bytes) -> None:
+    def __init__(self, channel: SharedChannel, digest: B3Digest, call: Iterator[memoryview], first: memoryview) -> None:
         super().__init__()
         self._channel = channel
         self._digest = digest
@@ -142,7 +143,7 @@ class GrpcBlobReader(BlobReader):
             if self._eof:
                 return False
             try:
-                data = next(self._call).data
+                data = next(self._call)
             except StopIteration:
                 self._eof = True
                 self._verify()
@@ -150,7 +151,7 @@ class GrpcBlobReader(BlobReader):
             except grpc.RpcError as e:
                 raise self._channel.error(e) from None
             self._hasher.update(data)
-            self._buf = memoryview(data)
+            self._buf = data
         return True
 
     def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
@@ -275,7 +276,10 @@ class GrpcBlobWriter(BlobWriter):
             raise errors.AlreadyClosed("blob writer already closed")
         view = memoryview(data).cast("B")
         for i in range(0, len(view), WRITE_CHUNK_SIZE):
-            self._enqueue(bytes(view[i:i + WRITE_CHUNK_SIZE]))
+            # Encoding copies the bytes, so the caller may reuse its buffer once write returns.
+            chunk = encode_blob_chunk(view[i:i + WRITE_CHUNK_SIZE])
+            if chunk:
+                self._enqueue(chunk)
         return len(view)
 
     def close(self) -> B3Digest:
@@ -309,13 +313,13 @@ class GrpcBlobWriter(BlobWriter):
             self.abort()
 
 
-def _drain(q: queue.Queue[bytes | None]) -> Iterator[BlobChunk]:
-    """The Put request stream: chunks from the writer's queue until the end marker.
+def _drain(q: queue.Queue[bytes | None]) -> Iterator[bytes]:
+    """The Put request stream: encoded chunks from the writer's queue until the end marker.
 
     Holds only the queue (not the writer), so a dropped writer can be collected.
     """
     while (data := q.get()) is not _END:
-        yield BlobChunk(data=data)
+        yield data
 
 
 def from_url(url: str) -> GrpcBlobService:

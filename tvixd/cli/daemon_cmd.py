@@ -7,9 +7,6 @@ import re
 
 from tvixd.cli.common import add_store_args
 
-DEFAULT_LISTEN = "localhost:8000"
-DEFAULT_GRACE = 10.0
-
 _SIZE_UNITS = {"": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
                "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
 
@@ -31,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "-l", "--listen-address", action="append", metavar="ADDR", default=None,
-        help=f"HOST:PORT, [IPv6]:PORT or unix:/path; repeatable (default {DEFAULT_LISTEN}: 127.0.0.1 and [::1]). "
+        help="HOST:PORT, [IPv6]:PORT or unix:/path; repeatable (default localhost:8000: 127.0.0.1 and [::1]). "
         "All interfaces ([::]:8000, 0.0.0.0:8000) only when given explicitly; use TLS there.",
     )
     p.add_argument("--tls-cert", metavar="PEM", default=None, help="server certificate chain (enables TLS)")
@@ -42,21 +39,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="largest request message accepted (default 64MiB); larger ones fail RESOURCE_EXHAUSTED",
     )
     p.add_argument(
-        "--shutdown-grace", type=float, default=DEFAULT_GRACE, metavar="SECONDS",
-        help=f"on SIGTERM/SIGINT, how long in-flight calls may finish (default {DEFAULT_GRACE:g})",
+        "--shutdown-grace", type=float, default=None, metavar="SECONDS",
+        help="on SIGTERM/SIGINT, how long in-flight calls may finish (default 10)",
     )
     add_store_args(p, None)
     p.set_defaults(func=run)
 
 
-def _ensure_state_dir(addrs: object) -> None:
-    """Create the default state directory (mode 0700) when the embedded default store is used."""
+def _store_addrs(cfg: object) -> object:
+    """The configured addresses; unset ones are the embedded store, whose directory is created (0700)."""
+    from pathlib import Path
+
     from tvixd.store import StoreAddrs, default_state_dir
 
-    state_dir = default_state_dir()
+    store = cfg.store  # type: ignore[attr-defined]
+    state_dir = Path(store.state_dir) if store.state_dir else default_state_dir()
     embedded = StoreAddrs.embedded(state_dir)
+    addrs = StoreAddrs(
+        blob=store.blob_service_addr or embedded.blob,
+        directory=store.directory_service_addr or embedded.directory,
+        path_info=store.path_info_service_addr or embedded.path_info,
+    )
     if any(getattr(addrs, a) == getattr(embedded, a) for a in ("blob", "directory", "path_info")):
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return addrs
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,23 +73,24 @@ def run(args: argparse.Namespace) -> int:
 
     import structlog
 
-    from tvixd.cli.common import store_addrs
+    from tvixd import config
     from tvixd.errors import InvalidRequest
-    from tvixd.server.server import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_WORKERS, TlsConfig, build_server
+    from tvixd.server.server import TlsConfig, build_server
     from tvixd.store import Store
 
     log = structlog.get_logger("tvixd.daemon")
+    # flag > environment variable > config file > built-in default, per key (tvixd.config).
+    cfg = config.load(args)
+    daemon = cfg.daemon
     tls = None
-    if bool(args.tls_cert) != bool(args.tls_key):
-        raise InvalidRequest("--tls-cert and --tls-key go together")
-    if args.tls_cert:
+    if daemon.tls_cert:
         try:
-            tls = TlsConfig(cert_chain=Path(args.tls_cert).read_bytes(), private_key=Path(args.tls_key).read_bytes())
+            tls = TlsConfig(cert_chain=Path(daemon.tls_cert).read_bytes(),
+                            private_key=Path(daemon.tls_key).read_bytes())
         except OSError as e:
             raise InvalidRequest(f"cannot read TLS certificate/key: {e}") from None
 
-    addrs = store_addrs(args)
-    _ensure_state_dir(addrs)
+    addrs = _store_addrs(cfg)
     store = Store.open(addrs)
     stop = threading.Event()
 
@@ -94,10 +101,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         server = build_server(
             store,
-            args.listen_address or [DEFAULT_LISTEN],
-            workers=args.workers or DEFAULT_WORKERS,
-            max_message_bytes=args.max_message_size or DEFAULT_MAX_MESSAGE_BYTES,
+            daemon.listen_address,
+            workers=daemon.workers,
+            max_message_bytes=daemon.max_message_size,
             tls=tls,
+            max_concurrent_rpcs=cfg.limits.max_concurrent_rpcs,
         )
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
@@ -106,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
                  blob_service=addrs.blob, directory_service=addrs.directory, path_info_service=addrs.path_info)
         while not stop.wait(1.0):
             pass
-        server.stop(args.shutdown_grace)
+        server.stop(daemon.shutdown_grace)
         log.info("stopped")
     finally:
         store.close()

@@ -172,11 +172,13 @@ def build_server(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     tls: TlsConfig | None = None,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
+    max_concurrent_rpcs: int | None = None,
 ) -> TvixdServer:
     """A server for ``store`` bound to every listen address (``parse_listen_address`` syntax).
 
-    ``interceptors`` see every call (access log, metrics). Raises ``InvalidRequest``
-    naming the address when one cannot be bound.
+    ``interceptors`` see every call (access log, metrics). ``max_concurrent_rpcs``
+    (default: no limit) makes further calls fail RESOURCE_EXHAUSTED. Raises
+    ``InvalidRequest`` naming the address when one cannot be bound.
     """
     if workers < 1:
         raise errors.InvalidRequest(f"workers must be at least 1, got {workers}")
@@ -198,6 +200,7 @@ def build_server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tvixd-grpc"),
         interceptors=list(interceptors),
         options=options,
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
     server.add_generic_rpc_handlers(generic_handlers(store, max_message_bytes))
     health_servicer = health.HealthServicer()

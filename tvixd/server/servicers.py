@@ -30,6 +30,7 @@ from tvixd.proto.pathinfo_pb2 import Node, PathInfo
 from tvixd.proto.rpc_blobstore_pb2 import BlobChunk, BlobMeta, PutBlobResponse
 from tvixd.proto.rpc_directory_pb2 import PutDirectoryResponse
 from tvixd.proto.rpc_pathinfo_pb2 import CalculateNARResponse
+from tvixd.server.codec import Chunk, decode_blob_chunk, serialize_blob_chunk
 from tvixd.server.status import code_for
 from tvixd.store import Store
 
@@ -72,6 +73,8 @@ class Decoder:
                 f"{self.name} message of {len(data)} bytes exceeds the limit max_message_size="
                 f"{self.max_message_bytes} bytes (tvixd daemon --max-message-size)"))
         try:
+            if self.cls is BlobChunk:
+                return Chunk(decode_blob_chunk(data))  # bulk bytes: no copies (tvixd.server.codec)
             msg = self.cls.FromString(data)
         except DecodeError as e:
             return Rejected(errors.InvalidRequest(f"malformed {self.name} message: {e}"))
@@ -149,7 +152,7 @@ def generic_handler(
         handlers[m.name] = make(
             behaviour,
             request_deserializer=Decoder(request_cls, max_message_bytes),
-            response_serializer=response_cls.SerializeToString,
+            response_serializer=serialize_blob_chunk if response_cls is BlobChunk else response_cls.SerializeToString,
         )
     return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)
 
@@ -179,16 +182,16 @@ class BlobServicer:
             return BlobMeta(chunks=[BlobMeta.ChunkMeta(digest=digest, size=size)])
         return BlobMeta()
 
-    def Read(self, request: rpc_blobstore_pb2.ReadBlobRequest, context: grpc.ServicerContext) -> Iterator[BlobChunk]:
+    def Read(self, request: rpc_blobstore_pb2.ReadBlobRequest, context: grpc.ServicerContext) -> Iterator[Chunk]:
         digest = _digest(request.digest, "ReadBlobRequest.digest")
         reader = self.blobs.open_read(digest)
         if reader is None:
             raise errors.NotFound(f"blob {digest} not found")
         with reader:
             while data := reader.read(READ_CHUNK_SIZE):
-                yield BlobChunk(data=data)
+                yield Chunk(data)
 
-    def Put(self, requests: Iterator[BlobChunk], context: grpc.ServicerContext) -> PutBlobResponse:
+    def Put(self, requests: Iterator[Chunk], context: grpc.ServicerContext) -> PutBlobResponse:
         writer = self.blobs.open_write()
         try:
             for chunk in requests:
