@@ -1,0 +1,161 @@
+"""The server interceptor that observes every RPC: one access-log line and the Prometheus metrics.
+
+Per call it records the method, the peer, the final status code, the duration, and the bytes and
+messages in each direction. Bytes are counted exactly and for free: ``intercept_service`` runs once
+per call, so the call gets its own wrappers around the method's request deserializer (which is
+handed the raw wire bytes of each request message) and response serializer (which returns the
+bytes of each response message) — streaming calls included, without serializing anything twice.
+
+The request id is the client's ``x-request-id`` metadata when present (so a proxy's id survives),
+else a fresh uuid4; it is bound into structlog's context while the servicer runs, so every log line
+the call causes carries it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import structlog
+
+_access = structlog.get_logger("tvixd.access")
+
+# Codes that mean a bug or corruption on our side: logged at error level, the rest at info.
+_ERROR_CODES = frozenset({grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS})
+
+
+class CallRecord:
+    """What one RPC did; filled in while it runs, reported once when it ends."""
+
+    __slots__ = ("bytes_in", "bytes_out", "code", "context", "done", "duration", "messages_in", "messages_out",
+                 "method", "peer", "request_id", "start")
+
+    def __init__(self, method: str, request_id: str) -> None:
+        self.method = method
+        self.request_id = request_id
+        self.peer = ""
+        self.start = time.perf_counter()
+        self.duration = 0.0
+        self.bytes_in = self.bytes_out = self.messages_in = self.messages_out = 0
+        self.code = grpc.StatusCode.OK
+        self.done = False
+        self.context: grpc.ServicerContext | None = None
+
+
+class Observer:
+    """Something told about every finished call (the metrics); ``started`` when a call begins."""
+
+    def started(self, call: CallRecord) -> None:  # pragma: no cover - interface
+        """A call entered its servicer."""
+
+    def finished(self, call: CallRecord) -> None:  # pragma: no cover - interface
+        """A call ended (``call.code`` is final)."""
+
+
+class ObservingInterceptor(grpc.ServerInterceptor):
+    """Access log (``access_log``) and observers (e.g. :class:`tvixd.metrics.Metrics`) for every RPC."""
+
+    def __init__(self, access_log: bool = True, observers: tuple[Observer, ...] = ()) -> None:
+        self.access_log = access_log
+        self.observers = observers
+
+    def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None:  # unknown method: grpc answers UNIMPLEMENTED itself
+            return None
+        request_id = ""
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == "x-request-id" and isinstance(value, str) and value:
+                request_id = value[:128]  # a client-chosen string: bounded before it reaches the log
+                break
+        call = CallRecord(handler_call_details.method, request_id or uuid.uuid4().hex)
+        return self._wrap(handler, call)
+
+    # -- wrapping -------------------------------------------------------------------------------
+
+    def _wrap(self, handler: Any, call: CallRecord) -> Any:
+        deserialize = handler.request_deserializer
+        serialize = handler.response_serializer
+        unary_response = not handler.response_streaming
+
+        def request_deserializer(data: bytes) -> Any:
+            call.bytes_in += len(data)
+            call.messages_in += 1
+            return deserialize(data) if deserialize is not None else data
+
+        def response_serializer(message: Any) -> bytes:
+            try:
+                data = serialize(message) if serialize is not None else message
+                call.bytes_out += len(data)
+                call.messages_out += 1
+                return data
+            finally:
+                if unary_response:  # the single response is serialized after the servicer returned
+                    self._finish(call, None, None)
+
+        if handler.request_streaming and handler.response_streaming:
+            behavior, factory = handler.stream_stream, grpc.stream_stream_rpc_method_handler
+        elif handler.request_streaming:
+            behavior, factory = handler.stream_unary, grpc.stream_unary_rpc_method_handler
+        elif handler.response_streaming:
+            behavior, factory = handler.unary_stream, grpc.unary_stream_rpc_method_handler
+        else:
+            behavior, factory = handler.unary_unary, grpc.unary_unary_rpc_method_handler
+
+        if unary_response:
+            def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
+                self._begin(call, context)
+                try:
+                    return behavior(request, context)
+                except BaseException as e:
+                    self._finish(call, context, e)
+                    raise
+                finally:
+                    structlog.contextvars.unbind_contextvars("request_id")
+        else:
+            def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                self._begin(call, context)
+                error: BaseException | None = None
+                try:
+                    yield from behavior(request, context)
+                except BaseException as e:
+                    error = e
+                    raise
+                finally:
+                    self._finish(call, context, error)
+                    structlog.contextvars.unbind_contextvars("request_id")
+
+        return factory(wrapped, request_deserializer=request_deserializer, response_serializer=response_serializer)
+
+    def _begin(self, call: CallRecord, context: grpc.ServicerContext) -> None:
+        call.context = context
+        call.peer = context.peer()
+        structlog.contextvars.bind_contextvars(request_id=call.request_id)
+        for observer in self.observers:
+            observer.started(call)
+
+    def _finish(self, call: CallRecord, context: grpc.ServicerContext | None, error: BaseException | None) -> None:
+        """Settle the status code and report the call, exactly once."""
+        if call.done:
+            return
+        call.done = True
+        call.duration = time.perf_counter() - call.start
+        context = context or call.context
+        call.context = None  # no reference cycles through the finished call
+        code = context.code() if context is not None else None
+        if isinstance(code, grpc.StatusCode) and code is not grpc.StatusCode.OK:
+            call.code = code  # set_code() or abort() by the servicer
+        elif context is not None and not context.is_active():
+            call.code = grpc.StatusCode.CANCELLED  # the client went away (or the deadline passed)
+        elif error is not None:
+            call.code = grpc.StatusCode.UNKNOWN  # what grpc answers for an exception without a code
+        for observer in self.observers:
+            observer.finished(call)
+        if self.access_log:
+            log = _access.error if call.code in _ERROR_CODES else _access.info
+            log("rpc", method=call.method, peer=call.peer, code=call.code.name,
+                duration_ms=round(call.duration * 1000, 3), bytes_in=call.bytes_in, bytes_out=call.bytes_out,
+                messages_in=call.messages_in, messages_out=call.messages_out, request_id=call.request_id)
