@@ -43,6 +43,9 @@ log = structlog.get_logger("tvixd.fuse")
 TTL = 365 * 24 * 3600.0
 """Attribute and entry cache lifetime: content under an inode never changes (SPEC §8.2 uses the maximum)."""
 
+ROOT_TTL = 1.0
+"""Attribute cache lifetime of the mount root itself."""
+
 BLKSIZE = 4096
 """st_blksize; the reference's 1024 makes stdio-buffered readers issue tiny reads."""
 
@@ -162,6 +165,8 @@ class StoreFS(pyfuse3.Operations):
         if data is None:  # the root
             a.st_mode = stat.S_IFDIR | 0o555
             a.st_size = 0
+            # Short, so that a crashed mount shows as ENOTCONN on `stat DEST` soon, not after a year.
+            a.attr_timeout = ROOT_TTL
         elif isinstance(data, FileData):
             a.st_mode = stat.S_IFREG | (0o555 if data.executable else 0o444)
             a.st_size = data.size

@@ -30,9 +30,14 @@ class MountError(Exception):
 
 
 def check_mountpoint(dest: Path) -> None:
-    """Raise :class:`MountError` unless ``dest`` is an existing directory we can mount on."""
+    """Raise :class:`MountError` unless ``dest`` is an existing directory we can mount on.
+
+    ``statvfs`` is asked too because the kernel may answer ``stat`` of a dead FUSE mount's root from
+    its attribute cache; ``statfs`` always goes to the (missing) process and fails with ENOTCONN.
+    """
     try:
         st = os.stat(dest)
+        os.statvfs(dest)
     except OSError as e:
         if e.errno == errno.ENOTCONN:
             raise MountError(
