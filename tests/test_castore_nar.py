@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+import stat
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -442,3 +445,39 @@ def test_state_errors() -> None:
     assert w.finished
     with pytest.raises(NarStateError):
         w.directory_start()
+
+
+# --- against real Nix ----------------------------------------------------------------------------------
+
+
+def dump_path(path: bytes, w: NarWriter) -> None:
+    """A minimal filesystem walker driving the writer, as ``nix-store --dump`` walks."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        w.symlink(os.readlink(path))
+    elif stat.S_ISREG(st.st_mode):
+        with open(path, "rb") as f:
+            w.file(st.st_size, bool(st.st_mode & stat.S_IXUSR), iter(lambda: f.read(100_000), b""))
+    else:
+        w.directory_start()
+        for name in sorted(os.listdir(path)):
+            w.entry_start(name)
+            dump_path(os.path.join(path, name), w)
+            w.entry_end()
+        w.directory_end()
+
+
+@pytest.mark.nix
+def test_writer_matches_nix_store_dump(tmp_path: Path) -> None:
+    from tests.nix import make_nasty_tree, nix_dump, nix_hash
+
+    root = make_nasty_tree(tmp_path / "tree", big_file_size=300_001)
+    expected = nix_dump(root)
+    sink = Collect()
+    w = NarWriter(sink)
+    dump_path(os.fsencode(root), w)
+    assert w.finished
+    assert sink.data == expected
+    hashed = NarHashSink()
+    dump_path(os.fsencode(root), NarWriter(hashed))
+    assert hashed.result() == (len(expected), bytes.fromhex(nix_hash(root)))

@@ -201,3 +201,20 @@ def test_decode_agrees_with_reference_on_random_strings(m: int) -> None:
 
 def test_module_exports() -> None:
     assert {"encode", "decode", "encode_len", "decode_len", "Nixbase32Error"} <= set(dir(nixbase32))
+
+
+# --- against real Nix ----------------------------------------------------------------------------------
+
+
+@pytest.mark.nix
+@pytest.mark.parametrize(("algo", "size"), [("md5", 16), ("sha1", 20), ("sha256", 32), ("sha512", 64)])
+def test_against_nix_hash(algo: str, size: int) -> None:
+    """``nix-hash --to-base32`` / ``--to-base16`` agree with encode/decode on random digests."""
+    from tests.nix import run_nix
+
+    rng = random.Random(size)
+    digests = [bytes(size), b"\xff" * size] + [rng.randbytes(size) for _ in range(60)]
+    out = run_nix("nix-hash", "--type", algo, "--to-base32", *(d.hex() for d in digests)).decode().split()
+    assert out == [encode(d) for d in digests]
+    back = run_nix("nix-hash", "--type", algo, "--to-base16", *out).decode().split()
+    assert [bytes.fromhex(h) for h in back] == [decode(s) for s in out] == digests

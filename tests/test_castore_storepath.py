@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 
@@ -330,3 +331,19 @@ def test_build_ca_path_errors() -> None:
         build_ca_path("x", "blake3", bytes(32), True)
     with pytest.raises(StorePathError):
         build_ca_path("x", "sha256", bytes(32), True, ["not-a-store-path"])
+
+
+@pytest.mark.nix
+def test_nar_based_store_path_against_nix(tmp_path: Path) -> None:
+    """build_nar_based_store_path(nix's own NAR hash, name) is the path ``nix-store --add-fixed`` gives."""
+    from tests.nix import make_nasty_tree, nix_add_fixed, nix_hash, nix_store_dir
+
+    trees = [make_nasty_tree(tmp_path / "nasty-tree", big_file_size=1000)]
+    for name, data in [("f", b""), ("a-b_c.d+e?f=g", b"x"), ("x" * 211, b"long name")]:
+        (tmp_path / name).write_bytes(data)
+        trees.append(tmp_path / name)
+    with nix_store_dir() as store:
+        for tree in trees:
+            expected = nix_add_fixed(tree, store=store)
+            ours = build_nar_based_store_path(bytes.fromhex(nix_hash(tree)), tree.name)
+            assert ours.absolute() == expected
