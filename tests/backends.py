@@ -46,10 +46,27 @@ BLOB_BACKENDS: dict[str, BlobFactory] = {
 
 DIRECTORY_BACKENDS: dict[str, DirectoryFactory] = {
     "memory": lambda tmp_path, stack: directory_from_addr("memory://"),
+    "sqlite": lambda tmp_path, stack: directory_from_addr(f"sqlite://{tmp_path}/store.sqlite"),
+    "sqlite-temp": lambda tmp_path, stack: directory_from_addr("sqlite://"),
 }
+
+def _embedded_path_info(tmp_path: Path, stack: ExitStack) -> PathInfoService:
+    """The embedded store's combination: fs blobs, one SQLite file for directories and path infos."""
+    blob = _closing(stack, blob_from_addr(f"fs://{tmp_path}/blobs"))
+    directory = _closing(stack, directory_from_addr(f"sqlite://{tmp_path}/store.sqlite"))
+    return path_info_from_addr(f"sqlite://{tmp_path}/store.sqlite", blob, directory)
+
+
+def _temp_sqlite_path_info(tmp_path: Path, stack: ExitStack) -> PathInfoService:
+    blob = _closing(stack, blob_from_addr("memory://"))
+    directory = _closing(stack, directory_from_addr("sqlite://"))
+    return path_info_from_addr("sqlite://", blob, directory)
+
 
 PATH_INFO_BACKENDS: dict[str, PathInfoFactory] = {
     "memory": _memory_path_info,
+    "sqlite": _embedded_path_info,
+    "sqlite-temp": _temp_sqlite_path_info,
 }
 
 

@@ -273,3 +273,147 @@ def test_from_addr_invalid(addr, why):
     with pytest.raises(InvalidRequest, match=why) as e:
         from_addr(addr)
     assert repr(addr) in str(e.value)
+
+
+# --- sqlite:// specifics: persistence, several processes, locking, corruption -----------------------------
+
+WRITER_SCRIPT = """
+import sys
+from tests.fixtures import DIRECTORY_WITH_KEEP, DIRECTORY_COMPLICATED
+from tvixd.directoryservice.from_addr import from_addr
+svc = from_addr(sys.argv[1])
+for i in range(int(sys.argv[2])):
+    with svc.put_multiple_start() as p:
+        p.put(DIRECTORY_WITH_KEEP)
+        p.put(DIRECTORY_COMPLICATED)
+        p.close()
+print(svc.get(DIRECTORY_COMPLICATED.directories[0].digest) is not None)
+svc.close()
+"""
+
+
+def _run_writer(addr: str, rounds: int = 1):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT, tvixd_env
+
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER_SCRIPT, addr, str(rounds)], stdout=subprocess.PIPE, env=tvixd_env(), cwd=REPO_ROOT
+    )
+
+
+def test_sqlite_persists_across_reopen(tmp_path):
+    addr = f"sqlite://{tmp_path}/sub/store.sqlite"
+    svc = from_addr(addr)
+    put_all(svc, DIRECTORY_WITH_KEEP, DIRECTORY_COMPLICATED)
+    svc.close()
+    svc = from_addr(addr)
+    assert list(svc.get_recursive(DIRECTORY_COMPLICATED_DIGEST)) == [DIRECTORY_COMPLICATED, DIRECTORY_WITH_KEEP]
+    svc.close()
+
+
+def test_sqlite_second_process_writes_first_reads(tmp_path):
+    addr = f"sqlite://{tmp_path}/store.sqlite"
+    svc = from_addr(addr)  # opened first, stays open
+    assert svc.get(DIRECTORY_COMPLICATED_DIGEST) is None
+    proc = _run_writer(addr)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and out == b"True\n"
+    assert list(svc.get_recursive(DIRECTORY_COMPLICATED_DIGEST)) == [DIRECTORY_COMPLICATED, DIRECTORY_WITH_KEEP]
+    svc.close()
+
+
+def test_sqlite_processes_write_concurrently(tmp_path):
+    addr = f"sqlite://{tmp_path}/store.sqlite"
+    procs = [_run_writer(addr, rounds=30) for _ in range(3)]
+    svc = from_addr(addr)
+    trees = [_chain(i) for i in range(20)]
+    for tree in trees:
+        put_all(svc, *tree)
+    for proc in procs:
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0 and out == b"True\n"
+    assert svc.get(DIRECTORY_COMPLICATED_DIGEST) == DIRECTORY_COMPLICATED
+    for tree in trees:
+        assert list(svc.get_recursive(directory_digest(tree[-1]))) == tree[::-1]
+    svc.close()
+
+
+def test_sqlite_locked_database_is_unavailable(tmp_path):
+    import sqlite3
+
+    from tvixd.directoryservice.sqlite import SqliteDirectoryService
+    from tvixd.errors import Unavailable
+
+    path = str(tmp_path / "store.sqlite")
+    svc = SqliteDirectoryService(path, busy_timeout=0.05)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+    try:
+        putter = svc.put_multiple_start()
+        putter.put(DIRECTORY_WITH_KEEP)
+        with pytest.raises(Unavailable, match="locked"):
+            putter.close()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert svc.get(DIRECTORY_WITH_KEEP_DIGEST) is None
+    put_all(svc, DIRECTORY_WITH_KEEP)  # works again once the lock is gone
+    assert svc.get(DIRECTORY_WITH_KEEP_DIGEST) == DIRECTORY_WITH_KEEP
+    svc.close()
+
+
+@pytest.mark.parametrize("corruption", ["swapped", "garbage", "invalid"])
+def test_sqlite_corrupt_row_is_data_loss(tmp_path, corruption):
+    import sqlite3
+
+    from tvixd.errors import DataLoss
+
+    path = tmp_path / "store.sqlite"
+    svc = from_addr(f"sqlite://{path}")
+    put_all(svc, DIRECTORY_A, DIRECTORY_B)
+    data = {
+        "swapped": DIRECTORY_WITH_KEEP.SerializeToString(),
+        "garbage": b"\xff\xff\xff",
+        "invalid": Directory(symlinks=[SymlinkNode(name=b"", target=b"x")]).SerializeToString(),
+    }[corruption]
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE directories SET data = ? WHERE digest = ?", (data, bytes(DIRECTORY_B_DIGEST)))
+    with pytest.raises(DataLoss, match=str(DIRECTORY_B_DIGEST).replace("+", r"\+")):
+        svc.get(DIRECTORY_B_DIGEST)
+    svc.close()
+
+
+def test_sqlite_schema_is_versioned(tmp_path):
+    import sqlite3
+
+    from tvixd.errors import StorageError
+    from tvixd.sqlite import SCHEMA_VERSION
+
+    path = tmp_path / "store.sqlite"
+    from_addr(f"sqlite://{path}").close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StorageError, match="newer"):
+        from_addr(f"sqlite://{path}")
+
+
+def test_sqlite_temporary_is_removed_on_close():
+    import os
+
+    svc = from_addr("sqlite://")
+    put_all(svc, DIRECTORY_A)
+    path = svc.db.path
+    assert os.path.exists(path)
+    svc.close()
+    assert not os.path.exists(os.path.dirname(path))
+
+
+@pytest.mark.parametrize("addr", ["sqlite://", "sqlite:"])
+def test_from_addr_sqlite_temporary_valid(addr):
+    svc = from_addr(addr)
+    assert svc.get(DIRECTORY_A_DIGEST) is None
+    svc.close()

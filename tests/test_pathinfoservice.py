@@ -244,3 +244,111 @@ def test_from_addr_invalid(addr, why):
     with pytest.raises(InvalidRequest, match=why) as e:
         from_addr(addr, MemoryBlobService(), MemoryDirectoryService())
     assert repr(addr) in str(e.value)
+
+
+# --- sqlite:// specifics -----------------------------------------------------------------------------
+
+PI_WRITER_SCRIPT = """
+import sys
+from tests.test_pathinfoservice import symlink_info
+from tvixd.store import Store, StoreAddrs
+root = sys.argv[1]
+db = f"sqlite://{root}/store.sqlite"
+with Store.open(StoreAddrs(blob=f"fs://{root}/blobs", directory=db, path_info=db)) as store:
+    for c in "0123456789":
+        store.path_info.put(symlink_info(name=(c * 32 + "-from-child").encode()))
+"""
+
+
+def _embedded(tmp_path):
+    from tvixd.store import Store, StoreAddrs
+
+    db = f"sqlite://{tmp_path}/store.sqlite"
+    return Store.open(StoreAddrs(blob=f"fs://{tmp_path}/blobs", directory=db, path_info=db))
+
+
+def test_sqlite_second_process_writes_first_reads(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT, tvixd_env
+
+    with _embedded(tmp_path) as store:
+        assert list(store.path_info.list()) == []
+        subprocess.run(
+            [sys.executable, "-c", PI_WRITER_SCRIPT, str(tmp_path)], env=tvixd_env(), cwd=REPO_ROOT, check=True
+        )
+        got = store.path_info.get(path_info_service_key(b"0" * 32))
+        assert got == symlink_info(name=b"0" * 32 + b"-from-child")
+        assert len(list(store.path_info.list())) == 10
+
+
+def test_sqlite_list_streams_many_pages(tmp_path):
+    from tvixd.pathinfoservice.sqlite import LIST_PAGE
+
+    alphabet = "0123456789abcdfghijklmnpqrsvwxyz"
+    names = [f"{a}{b}{c}{'0' * 29}-n".encode() for a in alphabet[:3] for b in alphabet for c in alphabet[:8]]
+    assert len(names) > 2 * LIST_PAGE
+    with _embedded(tmp_path) as store:
+        for name in names:
+            store.path_info.put(symlink_info(name=name))
+        it = store.path_info.list()
+        first = next(it)
+        store.path_info.put(symlink_info(name=b"z" * 32 + b"-late"))  # writes while a list is in progress
+        rest = list(it)
+    got = {pi.node.symlink.name for pi in [first, *rest]}
+    assert set(names) <= got
+
+
+def test_sqlite_nar_cache_is_persistent(tmp_path):
+    """The cached result survives a restart: computed once, then answered without the content."""
+    upload_root = tmp_path / "a"
+    with _embedded(upload_root) as store:
+        upload_helloworld(store.path_info)
+        node = Node(file=FileNode(name=b"x", digest=HELLOWORLD_DIGEST, size=12))
+        expected = (len(NAR_CONTENTS_HELLOWORLD), sha(NAR_CONTENTS_HELLOWORLD))
+        assert store.path_info.calculate_nar(node) == expected
+    from tvixd.pathinfoservice.sqlite import SqlitePathInfoService
+
+    db = str(upload_root / "store.sqlite")
+    svc = SqlitePathInfoService(db, MemoryBlobService(), MemoryDirectoryService())  # no content at all
+    renamed = Node(file=FileNode(name=b"other-name", digest=HELLOWORLD_DIGEST, size=12))
+    assert svc.calculate_nar(renamed) == expected
+    with pytest.raises(NotFound):  # a different node is not in the cache
+        svc.calculate_nar(Node(file=FileNode(name=b"x", digest=HELLOWORLD_DIGEST, size=13)))
+    svc.close()
+
+
+@pytest.mark.parametrize("corruption", ["garbage", "wrong-key"])
+def test_sqlite_corrupt_row_is_data_loss(tmp_path, corruption):
+    import sqlite3
+
+    with _embedded(tmp_path) as store:
+        store.path_info.put(symlink_info())
+        data = b"\xff\xff" if corruption == "garbage" else symlink_info(name=b"1" * 32 + b"-x").SerializeToString()
+        with sqlite3.connect(tmp_path / "store.sqlite") as db:
+            db.execute("UPDATE path_infos SET data = ?", (data,))
+        with pytest.raises(DataLoss, match=DUMMY_OUTPUT_HASH.hex()):
+            store.path_info.get(DUMMY_OUTPUT_HASH)
+        with pytest.raises(DataLoss):
+            list(store.path_info.list())
+
+
+def test_sqlite_locked_is_unavailable(tmp_path):
+    import sqlite3
+
+    from tvixd.errors import Unavailable
+    from tvixd.pathinfoservice.sqlite import SqlitePathInfoService
+
+    path = str(tmp_path / "store.sqlite")
+    svc = SqlitePathInfoService(path, MemoryBlobService(), MemoryDirectoryService(), busy_timeout=0.05)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(Unavailable, match=path):
+            svc.put(symlink_info())
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert svc.get(DUMMY_OUTPUT_HASH) is None
+    svc.close()

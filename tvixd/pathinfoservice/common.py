@@ -18,6 +18,21 @@ def check_output_digest(digest: bytes) -> bytes:
     return bytes(digest)
 
 
+def _validator():
+    try:
+        from tvixd.castore.pathinfo import validate_path_info
+    except ImportError:  # until the castore module lands
+        return _validate_minimal
+    return validate_path_info
+
+
+def validate_stored_path_info(path_info: PathInfo, key: bytes) -> None:
+    """Re-check a PathInfo read back from storage: still valid, and stored under its own digest."""
+    store_path = _validator()(path_info)
+    if bytes(store_path.digest) != key:
+        raise InvalidRequest(f"stored under {key.hex()} but its root node names {store_path}")
+
+
 def check_path_info(path_info: PathInfo, blob: BlobService, directory: DirectoryService) -> bytes:
     """All put checks of ``PathInfoService.put``; returns the 20-byte key to store under.
 
@@ -25,12 +40,7 @@ def check_path_info(path_info: PathInfo, blob: BlobService, directory: Directory
     root's content must exist (a directory's closure is complete by the
     directory store's invariant): ``FailedPrecondition`` naming the digest.
     """
-    try:
-        from tvixd.castore.pathinfo import validate_path_info
-    except ImportError:  # until the castore module lands
-        validate_path_info = _validate_minimal
-
-    store_path = validate_path_info(path_info)
+    store_path = _validator()(path_info)
     kind = path_info.node.WhichOneof("node")
     if kind == "directory":
         digest = B3Digest(path_info.node.directory.digest)

@@ -1,0 +1,174 @@
+"""The SQLite database shared by the directory and path info services (``sqlite:///abs/file``).
+
+One file may hold both services' tables and be opened at the same time by
+several processes (the daemon, ``import``, the binary cache, ``mount``) and
+many threads:
+
+- WAL mode, so readers never block the writer and vice versa; writers queue
+  on SQLite's lock for up to ``busy_timeout`` seconds, after which the call
+  fails with ``Unavailable`` (transient: retry later), never a traceback.
+- One connection per thread (``sqlite3`` connections must not be shared
+  between threads while in use), all closed by :meth:`SqliteDatabase.close`.
+- ``synchronous=NORMAL``: in WAL mode a crash of the process never loses a
+  commit, and a power loss can only drop the most recent commits *in commit
+  order* — each commit is a whole directory upload or one path info, so the
+  store never becomes inconsistent (a path info is committed after its
+  directories). FULL would cost one fsync per commit.
+- The schema is versioned with ``PRAGMA user_version``; :data:`MIGRATIONS`
+  (built with sqlite-utils) run in one ``BEGIN IMMEDIATE`` transaction, so two
+  processes opening a fresh file at once cannot both migrate it.
+
+``sqlite://`` (no path) is a temporary database in a fresh temp directory,
+removed on close (or at exit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sqlite3
+import tempfile
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from tvixd.errors import DataLoss, ResourceExhausted, StorageError, TvixError, Unavailable
+
+BUSY_TIMEOUT = 30.0
+"""Seconds a writer waits for another writer (any process) before failing ``Unavailable``."""
+
+
+def _migration_1(db: Any) -> None:
+    """Directories by digest, path infos by store path digest, the CalculateNAR cache."""
+    db["directories"].create({"digest": bytes, "data": bytes}, pk="digest", not_null=["data"], strict=True)
+    db["path_infos"].create({"digest": bytes, "data": bytes}, pk="digest", not_null=["data"], strict=True)
+    db["nar_cache"].create(
+        {"node_key": bytes, "nar_size": int, "nar_sha256": bytes},
+        pk="node_key",
+        not_null=["nar_size", "nar_sha256"],
+        strict=True,
+    )
+
+
+MIGRATIONS: list[Callable[[Any], None]] = [_migration_1]
+"""Migration ``i`` brings the schema from version ``i`` to ``i + 1``. Append only; never edit a released one."""
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 5, 6, 11, 13, 26
+
+
+def classify(e: sqlite3.Error, what: str, path: str) -> TvixError:
+    """The TvixError for a sqlite3 error: locked → Unavailable, full → ResourceExhausted, corrupt → DataLoss."""
+    code = (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF
+    text = str(e)
+    if code in (_SQLITE_BUSY, _SQLITE_LOCKED) or "database is locked" in text:
+        return Unavailable(f"{what}: database {path} is locked by another writer (busy timeout expired): {text}")
+    if code == _SQLITE_FULL:
+        return ResourceExhausted(f"{what}: database {path} is full (disk full?): {text}")
+    if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        return DataLoss(f"{what}: database {path} is corrupt: {text}")
+    return StorageError(f"{what}: database {path}: {text}")
+
+
+class SqliteDatabase:
+    """A SQLite file with per-thread connections, the current schema, and error classification."""
+
+    def __init__(self, path: str | None, busy_timeout: float = BUSY_TIMEOUT) -> None:
+        self._tmp_dir: str | None = None
+        if path is None:
+            self._tmp_dir = tempfile.mkdtemp(prefix="tvixd-sqlite-")
+            path = os.path.join(self._tmp_dir, "store.sqlite")
+            weakref.finalize(self, shutil.rmtree, self._tmp_dir, True)
+        self.path = path
+        self.busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._closed = False
+        try:
+            parent = os.path.dirname(path)
+            if parent:
+                os.makedirs(parent, exist_ok=True)
+        except OSError as e:
+            raise StorageError(f"cannot create the directory of database {path}: {e.strerror or e}") from e
+        with self.errors("open"):
+            self._migrate(self.conn())
+
+    @contextlib.contextmanager
+    def errors(self, what: str) -> Iterator[None]:
+        """Turn sqlite3 errors inside the block into classified TvixErrors naming the file."""
+        try:
+            yield
+        except sqlite3.Error as e:
+            raise classify(e, what, self.path) from e
+
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection (opened on first use)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        if self._closed:
+            raise StorageError(f"database {self.path} is closed")
+        # Autocommit mode; transactions are explicit (see transaction()). check_same_thread=False only
+        # so close() can close every thread's connection; each is used by its own thread alone.
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error:
+            conn.close()
+            raise
+        self._local.conn = conn
+        with self._lock:
+            self._connections.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def transaction(self, what: str) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``: take the write lock up front, waiting at most busy_timeout)."""
+        conn = self.conn()
+        with self.errors(what):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise StorageError(
+                f"database {self.path} has schema version {version}, newer than this tvixd knows ({SCHEMA_VERSION})"
+            )
+        import sqlite_utils  # only needed to migrate; keeps start-up fast otherwise
+
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-read under the write lock: another process may have migrated meanwhile.
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
+            for migration in MIGRATIONS[version:]:
+                migration(db)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close every thread's connection; a temporary database is deleted."""
+        self._closed = True
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        self._local = threading.local()
+        if self._tmp_dir is not None:
+            shutil.rmtree(self._tmp_dir, ignore_errors=True)
