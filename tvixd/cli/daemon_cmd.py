@@ -46,25 +46,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _store_addrs(cfg: object) -> object:
-    """The configured addresses; unset ones are the embedded store, whose directory is created (0700)."""
-    from pathlib import Path
-
-    from tvixd.store import StoreAddrs, default_state_dir
-
-    store = cfg.store  # type: ignore[attr-defined]
-    state_dir = Path(store.state_dir) if store.state_dir else default_state_dir()
-    embedded = StoreAddrs.embedded(state_dir)
-    addrs = StoreAddrs(
-        blob=store.blob_service_addr or embedded.blob,
-        directory=store.directory_service_addr or embedded.directory,
-        path_info=store.path_info_service_addr or embedded.path_info,
-    )
-    if any(getattr(addrs, a) == getattr(embedded, a) for a in ("blob", "directory", "path_info")):
-        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return addrs
-
-
 def run(args: argparse.Namespace) -> int:
     """Open the store, serve, and drain on SIGTERM/SIGINT."""
     import signal
@@ -74,13 +55,14 @@ def run(args: argparse.Namespace) -> int:
     import structlog
 
     from tvixd import config
+    from tvixd.cli.common import store_addrs
     from tvixd.errors import InvalidRequest
     from tvixd.server.server import TlsConfig, build_server
     from tvixd.store import Store
 
     log = structlog.get_logger("tvixd.daemon")
     # flag > environment variable > config file > built-in default, per key (tvixd.config).
-    cfg = config.load(args)
+    cfg = getattr(args, "cfg", None) or config.load(args)
     daemon = cfg.daemon
     tls = None
     if daemon.tls_cert:
@@ -90,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         except OSError as e:
             raise InvalidRequest(f"cannot read TLS certificate/key: {e}") from None
 
-    addrs = _store_addrs(cfg)
+    args.cfg = cfg
+    addrs = store_addrs(args)  # unset ones: the embedded store under the state directory (created 0700)
     store = Store.open(addrs)
     stop = threading.Event()
 
@@ -115,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
         while not stop.wait(1.0):
             pass
         server.stop(daemon.shutdown_grace)
+        # Drained: a late second signal must not kill the interpreter while it exits (status 0).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         log.info("stopped")
     finally:
         store.close()

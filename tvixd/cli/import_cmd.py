@@ -9,6 +9,7 @@ import threading
 import time
 
 from tvixd.cli.common import add_store_args
+from tvixd.store import StoreAddrs
 
 PROGRESS_DELAY = 0.5
 """Seconds an import must run before the progress line appears (small imports stay quiet)."""
@@ -27,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("paths", nargs="*", metavar="PATH", help="paths to import")
     p.add_argument("--json", action="store_true", help="print one JSON object per path (path, narHash, narSize)")
     p.add_argument("--workers", type=int, default=None, metavar="N", help="blob writer threads (default 12)")
-    add_store_args(p, None)
+    add_store_args(p, StoreAddrs.daemon())
     p.set_defaults(func=run)
 
 

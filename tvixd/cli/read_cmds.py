@@ -13,6 +13,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from tvixd.cli.common import add_store_args
+from tvixd.store import StoreAddrs
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -37,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "like `nix store dump-path` / `nix-store --dump`.",
     )
     p.add_argument("path", metavar="STORE_PATH")
-    add_store_args(p, None)
+    add_store_args(p, StoreAddrs.daemon())
     p.set_defaults(func=run_dump_path)
 
     p = subparsers.add_parser(
@@ -49,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("paths", nargs="*", metavar="STORE_PATH")
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.add_argument("--all", action="store_true", help="all paths in the store")
-    add_store_args(p, None)
+    add_store_args(p, StoreAddrs.daemon())
     p.set_defaults(func=run_path_info)
 
     p = subparsers.add_parser(
@@ -62,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-R", "--recursive", action="store_true", help="list subdirectories recursively")
     p.add_argument("-d", "--directory", action="store_true", help="show directories rather than their contents")
     p.add_argument("--json", action="store_true", help="print a JSON object (like `nix store ls --json`)")
-    add_store_args(p, None)
+    add_store_args(p, StoreAddrs.daemon())
     p.set_defaults(func=run_ls)
 
     p = subparsers.add_parser(
@@ -71,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Write the contents of the regular file STORE_PATH/sub/file to stdout, like `nix store cat`.",
     )
     p.add_argument("path", metavar="STORE_PATH/sub/file")
-    add_store_args(p, None)
+    add_store_args(p, StoreAddrs.daemon())
     p.set_defaults(func=run_cat)
 
 

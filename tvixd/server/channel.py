@@ -132,11 +132,13 @@ class SharedChannel:
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else str(exc)
         if code == grpc.StatusCode.UNAVAILABLE and any(s in (details or "").lower() for s in _CONNECT_FAILURES):
+            why = " ".join((details or "").split())
+            if "connection refused" in why.lower():
+                why = "connection refused"
             return errors.Unavailable(
-                f"no tvixd daemon reachable at {self.target.url} ({' '.join((details or '').split())}); "
-                "start one with `tvixd daemon`, or use an embedded store instead, e.g. "
-                "--blob-service-addr fs:///var/tmp/tvixd/blobs --directory-service-addr "
-                "sqlite:///var/tmp/tvixd/store.sqlite --path-info-service-addr sqlite:///var/tmp/tvixd/store.sqlite "
+                f"no tvixd daemon reachable at {self.target.url} ({why}); start one with `tvixd daemon`, "
+                "or use an embedded store: --blob-service-addr fs:///DIR/blobs --directory-service-addr "
+                "sqlite:///DIR/store.sqlite --path-info-service-addr sqlite:///DIR/store.sqlite "
                 "(or the env vars BLOB_SERVICE_ADDR, DIRECTORY_SERVICE_ADDR, PATH_INFO_SERVICE_ADDR)"
             )
         return error_for(code, details)
