@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import stat
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tvixd_env
+from tests.conftest import run_tvixd, tvixd_env
 from tests.fixtures import (
     BLOB_A,
     BLOB_A_DIGEST,
@@ -29,7 +28,7 @@ from tests.fixtures import (
 )
 from tvixd.castore.directory import directory_size
 from tvixd.castore.storepath import StorePath
-from tvixd.proto.castore_pb2 import Directory, DirectoryNode, FileNode, SymlinkNode
+from tvixd.proto.castore_pb2 import DirectoryNode, FileNode, SymlinkNode
 from tvixd.proto.pathinfo_pb2 import Node, PathInfo
 from tvixd.store import Store, StoreAddrs
 
@@ -122,37 +121,16 @@ def make_nasty_tree(root: Path) -> Path:
     return root
 
 
-def ingest_tree(store: Store, path: Path, name: str) -> DirectoryNode:
-    """Upload ``path`` into ``store`` and register it as the store path ``name`` (test-only importer).
-
-    Kept minimal on purpose (the real importer is ``tvixd import``): blobs, directories leaves-first in
-    one putter, then the PathInfo.
-    """
-    with store.directory.put_multiple_start() as putter:
-
-        def walk(p: bytes, entry_name: bytes) -> FileNode | DirectoryNode | SymlinkNode:
-            st = os.lstat(p)
-            if stat.S_ISLNK(st.st_mode):
-                return SymlinkNode(name=entry_name, target=os.readlink(p))
-            if stat.S_ISREG(st.st_mode):
-                with open(p, "rb") as f:
-                    digest = put_blob(store, f.read())
-                return FileNode(name=entry_name, digest=digest, size=st.st_size, executable=bool(st.st_mode & 0o100))
-            assert stat.S_ISDIR(st.st_mode), p
-            directory = Directory()
-            for child in sorted(os.listdir(p)):
-                node = walk(p + b"/" + child, child)
-                {FileNode: directory.files, DirectoryNode: directory.directories, SymlinkNode: directory.symlinks}[
-                    type(node)
-                ].append(node)
-            digest = putter.put(directory)
-            return DirectoryNode(name=entry_name, digest=digest, size=directory_size(directory))
-
-        root = walk(os.fsencode(path), name.encode())
-        putter.close()
-    assert isinstance(root, DirectoryNode)
-    put_path_info(store, root)
-    return root
+def import_tree(addrs: StoreAddrs, source: Path) -> str:
+    """``tvixd import SOURCE`` into the store at ``addrs``; the store path basename it printed."""
+    result = run_tvixd(
+        "import", str(source), "--blob-service-addr", addrs.blob, "--directory-service-addr", addrs.directory,
+        "--path-info-service-addr", addrs.path_info,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    store_path = result.stdout.decode().strip()
+    assert store_path.startswith("/nix/store/") and store_path.endswith("-" + source.name), store_path
+    return store_path.removeprefix("/nix/store/")
 
 
 @dataclass
@@ -188,7 +166,12 @@ def fusermount_u(dest: Path) -> None:
 
 @contextmanager
 def mounted(
-    tmp_path: Path, addrs: StoreAddrs, *flags: str, log_level: str = "info", name: str = "mnt"
+    tmp_path: Path,
+    addrs: StoreAddrs,
+    *flags: str,
+    log_level: str = "info",
+    name: str = "mnt",
+    env: dict[str, str] | None = None,
 ) -> Iterator[Mounted]:
     """Run ``python -m tvixd mount`` on a fresh directory until the block ends; always unmounts."""
     dest = tmp_path / name
@@ -197,7 +180,7 @@ def mounted(
     with open(log, "wb") as err:
         proc = subprocess.Popen(
             mount_args(dest, addrs, *flags, log_level=log_level),
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=tvixd_env(),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=tvixd_env(**(env or {})),
         )  # fmt: skip
     m = Mounted(dest, proc, log)
     try:

@@ -10,6 +10,7 @@ import errno
 import importlib.util
 import os
 import signal
+import socket
 import stat
 import subprocess
 import time
@@ -39,7 +40,7 @@ from tests.fuse_helpers import (
     SYMLINK2,
     Mounted,
     fusermount_u,
-    ingest_tree,
+    import_tree,
     make_nasty_tree,
     mount_args,
     mounted,
@@ -51,7 +52,6 @@ from tvixd.store import Store, StoreAddrs
 
 pytestmark = [pytest.mark.fuse, needs_fuse]
 
-NASTY = "99999999999999999999999999999999-nasty"
 
 
 def embedded_store(state_dir: Path, stack: ExitStack) -> StoreAddrs:
@@ -79,7 +79,7 @@ def stack() -> Iterator[ExitStack]:
 
 
 @pytest.fixture(scope="module")
-def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, StoreAddrs, Path]]:
+def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, StoreAddrs, Path, str]]:
     """A populated embedded store: (state dir, its addresses, the nasty source tree)."""
     base = tmp_path_factory.mktemp("fuse-store")
     with ExitStack() as stack:
@@ -87,14 +87,14 @@ def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
         source = make_nasty_tree(base / "source")
         with Store.open(addrs) as store:
             populate_fixtures(store)
-            ingest_tree(store, source, NASTY)
-        yield base, addrs, source
+        nasty = import_tree(addrs, source)
+        yield base, addrs, source, nasty
 
 
 @pytest.fixture(scope="module")
-def mnt(store_dir: tuple[Path, StoreAddrs, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mounted]:
+def mnt(store_dir: tuple[Path, StoreAddrs, Path, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mounted]:
     """One mount (listing disabled, no xattrs) shared by the read-only tests of this module."""
-    _, addrs, _ = store_dir
+    _, addrs, _, _ = store_dir
     with mounted(tmp_path_factory.mktemp("fuse-mnt"), addrs) as m:
         yield m
         assert m.proc.poll() is None, "the mount died during the tests:\n" + m.stderr()
@@ -110,6 +110,21 @@ def test_mount_empty_store_and_sigterm(tmp_path: Path, stack: ExitStack) -> None
         assert m.stop(signal.SIGTERM) == 0, m.stderr()
         assert not os.path.ismount(m.path)
         assert '"unmounting"' in m.stderr()
+
+
+def test_sd_notify_ready_and_stopping(tmp_path: Path, stack: ExitStack) -> None:
+    """Under systemd (Type=notify) the mount reports READY=1 once mounted and STOPPING=1 on SIGTERM."""
+    from tests.daemon import short_socket_dir
+
+    sock_path = short_socket_dir(stack) / "notify"
+    sock = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))
+    sock.bind(str(sock_path))
+    sock.settimeout(60)
+    with mounted(tmp_path, embedded_store(tmp_path / "state", stack), env={"NOTIFY_SOCKET": str(sock_path)}) as m:
+        assert sock.recv(4096) == b"READY=1"
+        assert os.path.ismount(m.path)
+        assert m.stop() == 0
+        assert sock.recv(4096) == b"STOPPING=1"
 
 
 def test_sigint_unmounts_cleanly(tmp_path: Path, stack: ExitStack) -> None:
@@ -305,14 +320,14 @@ def test_disallow_writes(mnt: Mounted) -> None:
     assert (mnt.path / FILE_A).read_bytes() == BLOB_A
 
 
-def test_diff_against_source_tree(mnt: Mounted, store_dir: tuple[Path, StoreAddrs, Path]) -> None:
+def test_diff_against_source_tree(mnt: Mounted, store_dir: tuple[Path, StoreAddrs, Path, str]) -> None:
     """The imported, mounted tree is indistinguishable from its source for ``diff -r``, exec bits included."""
-    _, _, source = store_dir
+    _, _, source, nasty = store_dir
     result = subprocess.run(
-        ["diff", "-r", "--no-dereference", str(source), str(mnt.path / NASTY)], capture_output=True, check=False
+        ["diff", "-r", "--no-dereference", str(source), str(mnt.path / nasty)], capture_output=True, check=False
     )
     assert result.returncode == 0 and result.stdout == b"", result.stdout.decode(errors="replace")
-    src, dst = os.fsencode(source), os.fsencode(mnt.path / NASTY)
+    src, dst = os.fsencode(source), os.fsencode(mnt.path / nasty)
     for dirpath, dirnames, filenames in os.walk(src):
         for name in dirnames + filenames:
             a = os.lstat(os.path.join(dirpath, name))
@@ -322,7 +337,7 @@ def test_diff_against_source_tree(mnt: Mounted, store_dir: tuple[Path, StoreAddr
                 assert stat.S_IMODE(b.st_mode) == (0o555 if a.st_mode & 0o100 else 0o444), name
                 assert a.st_size == b.st_size
     # diff does not look at empty directories' contents; make sure they are there and empty.
-    assert os.listdir(mnt.path / NASTY / "empty-dir") == []
+    assert os.listdir(mnt.path / nasty / "empty-dir") == []
 
 
 def test_mount_stays_up(mnt: Mounted) -> None:
@@ -331,17 +346,17 @@ def test_mount_stays_up(mnt: Mounted) -> None:
 
 
 @pytest.fixture(scope="module")
-def listing_mnt(store_dir: tuple[Path, StoreAddrs, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[
+def listing_mnt(store_dir: tuple[Path, StoreAddrs, Path, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     Mounted
 ]:
-    _, addrs, _ = store_dir
+    _, addrs, _, _ = store_dir
     with mounted(tmp_path_factory.mktemp("fuse-list"), addrs, "--list-root", "--show-xattr") as m:
         yield m
 
 
-def test_root_with_listing(listing_mnt: Mounted) -> None:
+def test_root_with_listing(listing_mnt: Mounted, store_dir: tuple[Path, StoreAddrs, Path, str]) -> None:
     names = os.listdir(listing_mnt.path)
-    assert set(names) == ALL_FIXTURE_PATHS | {NASTY}
+    assert set(names) == ALL_FIXTURE_PATHS | {store_dir[3]}
     assert len(names) == len(set(names))
     st = os.lstat(listing_mnt.path / FILE_A)
     assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o444 and st.st_size == 2
@@ -371,10 +386,10 @@ def test_xattrs(listing_mnt: Mounted, mnt: Mounted) -> None:
 
 
 def test_missing_blob_and_directory(
-    store_dir: tuple[Path, StoreAddrs, Path], tmp_path: Path, stack: ExitStack
+    store_dir: tuple[Path, StoreAddrs, Path, str], tmp_path: Path, stack: ExitStack
 ) -> None:
     """PathInfos whose content is gone (here: empty blob and directory stores): EIO on those only."""
-    _, addrs, _ = store_dir
+    _, addrs, _, _ = store_dir
     empty = embedded_store(tmp_path / "empty", stack)
     broken = StoreAddrs(blob=empty.blob, directory=empty.directory, path_info=addrs.path_info)
     with mounted(tmp_path, broken) as m:
@@ -415,7 +430,7 @@ def test_over_a_real_daemon_with_backward_seeks(tmp_path: Path) -> None:
         source = make_nasty_tree(tmp_path / "source")
         with Store.open(remote) as store:
             populate_fixtures(store)
-            ingest_tree(store, source, NASTY)
+        nasty = import_tree(remote, source)
         m = stack.enter_context(mounted(tmp_path, remote, log_level="debug"))
         fd = os.open(m.path / FILE_B, os.O_RDONLY | os.O_DIRECT)
         try:
@@ -425,7 +440,7 @@ def test_over_a_real_daemon_with_backward_seeks(tmp_path: Path) -> None:
             os.close(fd)
         assert '"reopening blob to seek backwards"' in m.stderr()
         result = subprocess.run(
-            ["diff", "-r", "--no-dereference", str(source), str(m.path / NASTY)], capture_output=True, check=False
+            ["diff", "-r", "--no-dereference", str(source), str(m.path / nasty)], capture_output=True, check=False
         )
         assert result.returncode == 0 and result.stdout == b"", result.stdout.decode(errors="replace")
         assert m.stop() == 0

@@ -13,13 +13,13 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import socket
 import stat
 from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 
+from tvixd.sdnotify import notify as sd_notify
 from tvixd.store import Store
 
 log = structlog.get_logger("tvixd.fuse")
@@ -55,20 +55,6 @@ def mount_options(*, allow_other: bool) -> set[str]:
     if allow_other:
         options.add("allow_other")
     return options
-
-
-def sd_notify(state: str) -> None:
-    """Tell systemd (Type=notify units) about our state; does nothing outside systemd."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.sendto(state.encode(), addr)
-    except OSError as e:
-        log.warning("sd_notify failed", error=str(e))
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
