@@ -186,3 +186,27 @@ def test_notify_unset_is_a_no_op():
 
     assert sdnotify.notify("READY=1", environ={}) is False
     assert sdnotify.notify("READY=1", environ={"NOTIFY_SOCKET": "vsock:2:1"}) is False
+
+
+def test_daemon_sends_ready_once_listening_and_stopping_on_sigterm(tmp_path: Path):
+    """The real daemon with a real $NOTIFY_SOCKET: READY=1 only when the port answers, STOPPING=1 on SIGTERM."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from tests.daemon import start_daemon
+    from tests.test_log_daemon import store_args
+
+    path = tmp_path / "notify.sock"
+    with bound_datagram_socket(str(path)) as sock:
+        with start_daemon(tmp_path, *store_args(), env={"NOTIFY_SOCKET": str(path)}) as daemon:
+            ready = sock.recv(4096).decode()
+            assert ready.splitlines()[0] == "READY=1", ready
+            assert f"127.0.0.1:{daemon.port}" in ready  # STATUS=listening on ...
+            with grpc.insecure_channel(daemon.target) as channel:  # it does listen
+                status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
+                assert status.status == health_pb2.HealthCheckResponse.SERVING
+            assert daemon.stop() == 0
+            stopping = sock.recv(4096).decode()
+            assert stopping.splitlines()[0] == "STOPPING=1", stopping
+            events = [e["event"] for e in daemon.events()]
+            assert events.index("signal received, draining") < events.index("stopped")

@@ -97,31 +97,42 @@ _CORE_LEVELS = {"E": logging.ERROR, "W": logging.WARNING, "I": logging.INFO, "F"
                 "D": logging.DEBUG}
 
 
-@contextmanager
-def capture_stderr() -> Iterator[None]:
-    """Turn every foreign line written to file descriptor 2 into a log event, for the duration.
+class StderrCapture:
+    """Turn every foreign line written to file descriptor 2 into a log event, between start() and stop().
 
     grpc's C core (and anything else below Python) writes plain lines such as
     ``E1125 08:42:05.370422 22637 add_port.cc:83] Failed to add port ...`` straight to fd 2,
-    which would break a JSON-lines consumer. Inside this context fd 2 is a pipe read by a thread
+    which would break a JSON-lines consumer. While started, fd 2 is a pipe read by a thread
     that logs each line (logger ``stderr``, level from the glog-style prefix, else warning),
-    while our own handler writes to a duplicate of the original stderr. On exit fd 2 is restored
-    and every captured line has been logged. A hard crash can lose the last unread lines: the
-    trade for having no non-JSON output.
+    and our own handler writes to a duplicate of the original stderr. ``stop()`` restores fd 2
+    after every captured line has been logged. A hard crash can lose the last unread lines:
+    the trade for having no non-JSON output.
     """
-    if _handler is None:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    out = os.fdopen(saved, "w", buffering=1, encoding="utf-8", errors="replace", closefd=True)
-    previous = _handler.setStream(out)
-    read_fd, write_fd = os.pipe()
-    os.dup2(write_fd, 2)
-    os.close(write_fd)
-    logger = logging.getLogger("stderr")
 
-    def pump() -> None:
+    def __init__(self) -> None:
+        self._saved: int | None = None
+        self._out: TextIO | None = None
+        self._previous: TextIO | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> StderrCapture:
+        """Begin capturing (a no-op unless :func:`configure` ran)."""
+        if _handler is None or self._thread is not None:
+            return self
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        self._out = os.fdopen(self._saved, "w", buffering=1, encoding="utf-8", errors="replace", closefd=True)
+        self._previous = _handler.setStream(self._out)
+        read_fd, write_fd = os.pipe()
+        os.dup2(write_fd, 2)
+        os.close(write_fd)
+        self._thread = threading.Thread(target=self._pump, args=(read_fd,), name="stderr-capture", daemon=True)
+        self._thread.start()
+        return self
+
+    @staticmethod
+    def _pump(read_fd: int) -> None:
+        logger = logging.getLogger("stderr")
         with os.fdopen(read_fd, "rb") as pipe:
             for raw in pipe:
                 line = raw.decode("utf-8", "replace").rstrip("\n")
@@ -129,13 +140,23 @@ def capture_stderr() -> Iterator[None]:
                     level = _CORE_LEVELS.get(line[:1], logging.WARNING) if line[1:5].isdigit() else logging.WARNING
                     logger.log(level, line)
 
-    thread = threading.Thread(target=pump, name="stderr-capture", daemon=True)
-    thread.start()
+    def stop(self) -> None:
+        """Restore fd 2 once every captured line is logged."""
+        if self._thread is None or _handler is None:
+            return
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)  # closes the pipe's last write end: the pump sees EOF
+        self._thread.join(timeout=5)
+        _handler.setStream(self._previous)
+        self._out.close()
+        self._thread = None
+
+
+@contextmanager
+def capture_stderr() -> Iterator[None]:
+    """:class:`StderrCapture` for the duration of a ``with`` block."""
+    capture = StderrCapture().start()
     try:
         yield
     finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)  # closes the pipe's last write end: the pump sees EOF
-        thread.join(timeout=5)
-        _handler.setStream(previous)
-        out.close()
+        capture.stop()

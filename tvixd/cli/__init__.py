@@ -80,4 +80,9 @@ def main(argv: list[str] | None = None) -> None:
         # stdout went away (e.g. `| head`): not an error worth a traceback; keep exit from flushing it again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         status = 141
+    except OSError as e:  # after BrokenPipeError, its subclass
+        # The environment said no (permissions, a file in the way, a full disk): one line, no traceback.
+        where = f" {e.filename}" if e.filename else ""
+        print(f"tvixd {args.command}: error:{where}: {e.strerror or e}", file=sys.stderr)
+        status = 1
     sys.exit(status or 0)

@@ -34,6 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tls-cert", metavar="PEM", default=None, help="server certificate chain (enables TLS)")
     p.add_argument("--tls-key", metavar="PEM", default=None, help="server private key (with --tls-cert)")
     p.add_argument("--workers", type=int, default=None, metavar="N", help="worker threads (default 32)")
+    # ops: [metrics] and [limits] flags (tvixd.config resolves flag > env > file > default).
+    p.add_argument("--metrics-listen-address", metavar="HOST:PORT", default=None,
+                   help="serve Prometheus metrics on http://HOST:PORT/metrics (default: off)")
+    p.add_argument("--max-concurrent-rpcs", type=int, metavar="N", default=None,
+                   help="refuse RPCs beyond N in flight with RESOURCE_EXHAUSTED (default: no limit)")
     p.add_argument(
         "--max-message-size", type=parse_size, default=None, metavar="BYTES",
         help="largest request message accepted (default 64MiB); larger ones fail RESOURCE_EXHAUSTED",
@@ -81,7 +86,16 @@ def run(args: argparse.Namespace) -> int:
         log.info("signal received, draining", signal=signal.Signals(signum).name)
         stop.set()
 
+    # ops hooks (tvixd.log, tvixd.server.interceptors, tvixd.sdnotify): grpc core's raw stderr lines
+    # become log events; one access-log line and the metrics per RPC; READY=1/STOPPING=1 for systemd.
+    from tvixd import sdnotify
+    from tvixd.log import StderrCapture
+    from tvixd.server.interceptors import DaemonObservability
+
+    capture = StderrCapture().start()
+    observability = None
     try:
+        observability = DaemonObservability(cfg, store)
         server = build_server(
             store,
             daemon.listen_address,
@@ -89,19 +103,25 @@ def run(args: argparse.Namespace) -> int:
             max_message_bytes=daemon.max_message_size,
             tls=tls,
             max_concurrent_rpcs=cfg.limits.max_concurrent_rpcs,
+            interceptors=observability.interceptors,
         )
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         server.start()
         log.info("listening", addresses=server.addresses, tls=tls is not None,
                  blob_service=addrs.blob, directory_service=addrs.directory, path_info_service=addrs.path_info)
+        sdnotify.ready(f"listening on {', '.join(server.addresses)}")
         while not stop.wait(1.0):
             pass
+        sdnotify.stopping("draining")
         server.stop(daemon.shutdown_grace)
         # Drained: a late second signal must not kill the interpreter while it exits (status 0).
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         log.info("stopped")
     finally:
+        if observability is not None:
+            observability.close()
+        capture.stop()
         store.close()
     return 0

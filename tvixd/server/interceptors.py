@@ -159,3 +159,36 @@ class ObservingInterceptor(grpc.ServerInterceptor):
             log("rpc", method=call.method, peer=call.peer, code=call.code.name,
                 duration_ms=round(call.duration * 1000, 3), bytes_in=call.bytes_in, bytes_out=call.bytes_out,
                 messages_in=call.messages_in, messages_out=call.messages_out, request_id=call.request_id)
+
+
+class DaemonObservability:
+    """What ``tvixd daemon`` adds around its server: the interceptor, and the metrics endpoint if configured.
+
+    ``interceptors`` goes to ``build_server``; ``close()`` stops the metrics endpoint.
+    """
+
+    def __init__(self, cfg: Any, store: Any) -> None:
+        from tvixd.errors import TvixError
+
+        self.metrics_server: Any = None
+        self.metrics_address: str | None = None
+        observers: tuple[Observer, ...] = ()
+        address = cfg.metrics.listen_address
+        if address:
+            from tvixd.metrics import Metrics
+
+            metrics = Metrics(store)
+            try:
+                self.metrics_server, self.metrics_address = metrics.serve(address)
+            except OSError as e:
+                raise TvixError(f"cannot serve metrics on {address}: {e.strerror or e}") from None
+            structlog.get_logger("tvixd.metrics").info(
+                "metrics listening", address=self.metrics_address, url=f"http://{self.metrics_address}/metrics")
+            observers = (metrics,)
+        self.interceptors = [ObservingInterceptor(access_log=cfg.log.access_log, observers=observers)]
+
+    def close(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
+            self.metrics_server = None
