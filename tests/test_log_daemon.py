@@ -12,9 +12,11 @@ import grpc
 import pytest
 
 from tests.daemon import start_daemon
+from tests.fixtures import DIRECTORY_A, DIRECTORY_B
 from tests.test_log_metrics import sample, scrape
 from tvixd.proto import rpc_blobstore_pb2 as pb
 from tvixd.proto.rpc_blobstore_pb2_grpc import BlobServiceStub
+from tvixd.proto.rpc_directory_pb2_grpc import DirectoryServiceStub
 
 
 def store_args() -> list[str]:
@@ -36,6 +38,7 @@ def test_stderr_is_json_lines_with_one_access_line_per_rpc(tmp_path: Path):
             with pytest.raises(grpc.RpcError):
                 stub.Stat(pb.StatBlobRequest(digest=b"\0" * 32))
             chunks = list(stub.Read(pb.ReadBlobRequest(digest=digest)))
+            DirectoryServiceStub(channel).Put(iter([DIRECTORY_A, DIRECTORY_B]))
         metrics_at = next(e["address"] for e in daemon.events() if e["event"] == "metrics listening")
         scraped = scrape(metrics_at)
         rc = daemon.stop()
@@ -48,7 +51,9 @@ def test_stderr_is_json_lines_with_one_access_line_per_rpc(tmp_path: Path):
         assert {"timestamp", "level", "event", "logger"} <= e.keys(), e
         assert datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).utcoffset().total_seconds() == 0
     rpcs = [e for e in events if e["event"] == "rpc"]
-    tvix = [e for e in rpcs if e["method"].startswith("/tvix.store.v1.")]
+    tvix = [e for e in rpcs if e["method"].startswith("/tvix.store.v1.BlobService/")]
+    (dir_put,) = [e for e in rpcs if e["method"] == "/tvix.store.v1.DirectoryService/Put"]
+    assert dir_put["code"] == "OK" and dir_put["messages_in"] == 2
     assert [(e["method"].rsplit("/", 1)[1], e["code"]) for e in tvix] == [
         ("Put", "OK"), ("Stat", "OK"), ("Stat", "NOT_FOUND"), ("Read", "OK")]
     put_line, stat_line, _missing, read_line = tvix
@@ -66,7 +71,7 @@ def test_stderr_is_json_lines_with_one_access_line_per_rpc(tmp_path: Path):
     assert sample(scraped, "tvixd_grpc_server_sent_bytes_total", **svc, grpc_method="Read") == read_line["bytes_out"]
     assert sample(scraped, "grpc_server_handling_seconds_count", **svc, grpc_method="Read") == 1
     assert sample(scraped, "tvixd_store_blobs") == 1 and sample(scraped, "tvixd_store_blob_bytes") == len(blob)
-    assert sample(scraped, "tvixd_store_directories") == 0 and sample(scraped, "tvixd_store_path_infos") == 0
+    assert sample(scraped, "tvixd_store_directories") == 2 and sample(scraped, "tvixd_store_path_infos") == 0
 
 
 def test_nothing_on_stdout(tmp_path: Path):

@@ -9,7 +9,8 @@ Store gauges (``tvixd_store_blobs``, ``tvixd_store_blob_bytes``, ``tvixd_store_d
 ``tvixd_store_path_infos``) are computed when scraped and cached for ``cache_seconds``: a service
 may offer ``stats() -> dict`` (``count``, and ``bytes`` for blobs); the ``fs://`` blob directory is
 walked (scandir, no reads); memory backends are counted; SQLite backends are counted with one
-``SELECT count(*)`` on their file. Remote (``grpc+``) services have no gauges. How long the last
+``SELECT count(*)`` on their file (tables ``directories``, ``path_infos`` of :mod:`tvixd.sqlite`).
+Remote (``grpc+``) services have no gauges. How long the last
 computation took is itself a gauge, so an expensive walk is visible.
 """
 
@@ -152,10 +153,10 @@ def service_stats(service: Any, kind: str) -> dict[str, int] | None:
     if name == "MemoryPathInfoService":
         with service._lock:
             return {"count": len(service._infos)}
-    path = getattr(service, "path", None) or getattr(service, "db_path", None)
+    # sqlite:// (tvixd.sqlite.SqliteDatabase at .db): its own read-only connection, one count(*).
+    path = getattr(getattr(service, "db", None), "path", None)
     if isinstance(path, str | os.PathLike) and os.path.isfile(path):
-        tables = ("directories", "directory") if kind == "directory" else ("path_infos", "pathinfos", "path_info")
-        count = _sqlite_count(os.fspath(path), tables)
+        count = _sqlite_count(os.fspath(path), ("directories",) if kind == "directory" else ("path_infos",))
         return None if count is None else {"count": count}
     return None
 
