@@ -1,0 +1,171 @@
+"""`tvixd import` / `tvixd dump-path` against real Nix on the same tree, same run; plus a 1 GiB file.
+
+Usage: python bench/import_bench.py [--tree /usr/share/doc] [--runs 5] [--big-mib 1024] [--record]
+
+- import: `tvixd import TREE` into a fresh embedded store (fs:// blobs + sqlite://) per run
+  versus `nix-store --add-fixed --recursive sha256 TREE` into a fresh `--store DIR` per run;
+- re-import: the same into the store that already has everything (blobs deduplicated);
+- dump: `tvixd dump-path STORE_PATH` versus `nix-store --dump TREE`, both to /dev/null;
+- big: one file of --big-mib MiB imported by both, to show peak RSS stays flat.
+
+Every number is the median of --runs runs after one untimed warm-up (page cache warm
+for both sides); peak RSS is the child's ru_maxrss. With --record the results replace
+the "import" section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (
+    fmt_ratio,
+    machine_info,
+    markdown_table,
+    measure,
+    run_once,
+    tvixd_cmd,
+    tvixd_env,
+    update_section,
+)
+
+
+def _rmtree(path: Path) -> None:
+    """Remove a tree, including nix's read-only store paths."""
+    if not path.exists():
+        return
+    subprocess.run(["chmod", "-R", "u+w", str(path)], check=False)
+    shutil.rmtree(path)
+
+
+def nix_env(home: Path) -> dict[str, str]:
+    """nix isolated from the host (same settings as tests/nix.py)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NIX_")}
+    (home / "conf").mkdir(parents=True, exist_ok=True)
+    (home / "conf" / "nix.conf").write_text("")
+    env.update(
+        HOME=str(home),
+        XDG_CACHE_HOME=str(home / "cache"),
+        NIX_CONF_DIR=str(home / "conf"),
+        NIX_USER_CONF_FILES=str(home / "conf" / "nix.conf"),
+    )
+    return env
+
+
+def store_flags(state: Path) -> list[str]:
+    db = f"sqlite://{state / 'store.sqlite'}"
+    return [
+        f"--blob-service-addr=fs://{state / 'blobs'}",
+        f"--directory-service-addr={db}",
+        f"--path-info-service-addr={db}",
+    ]
+
+
+def nix_add(store: Path, path: Path) -> list[str]:
+    return [
+        "nix-store", "--store", str(store), "--option", "substituters", "",
+        "--add-fixed", "--recursive", "sha256", str(path),
+    ]  # fmt: skip
+
+
+def compare(work: Path, tree: Path, runs: int, env_nix: dict[str, str]) -> list[tuple[str, object, object]]:
+    """Import and dump of ``tree``: (label, tvixd Measurement, nix Measurement)."""
+    env = tvixd_env()
+    state, nix_store = work / "state", work / "nixstore"
+
+    def fresh(_: int) -> None:
+        _rmtree(state)
+        _rmtree(nix_store)
+
+    ours_cmd = [*tvixd_cmd(), "import", *store_flags(state), str(tree)]
+    fresh(0)
+    run_once(ours_cmd, env=env)  # warm-up (page cache, .pyc)
+    run_once(nix_add(nix_store, tree), env=env_nix)
+    imp = measure(lambda i: ours_cmd, runs, env=env, before_each=fresh)
+    nix_imp = measure(lambda i: nix_add(nix_store, tree), runs, env=env_nix, before_each=fresh)
+    # Leave one import in place for re-import and dump.
+    out = subprocess.run(ours_cmd, env=env, capture_output=True, check=True).stdout.decode().strip()
+    reimp = measure(lambda i: ours_cmd, runs, env=env)
+    dump = measure(lambda i: [*tvixd_cmd(), "dump-path", *store_flags(state), out], runs, env=env)
+    nix_dump = measure(lambda i: ["nix-store", "--dump", str(tree)], runs, env=env_nix)
+    return [
+        ("import (fresh store)", imp, nix_imp),
+        ("re-import (all blobs present)", reimp, nix_imp),
+        ("dump-path vs nix-store --dump", dump, nix_dump),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tree", default="/usr/share/doc")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--big-mib", type=int, default=1024, help="size of the big-file case (0: skip)")
+    parser.add_argument("--dir", default=None, help="scratch directory (default: $TMPDIR)")
+    parser.add_argument("--record", action="store_true", help="write the results into BENCHMARKS.md")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(dir=args.dir, prefix="bench-import-"))
+    try:
+        env_nix = nix_env(work / "nixhome")
+        tree = Path(args.tree)
+        files = sum(len(f) for _, _, f in os.walk(tree))
+        size = sum(os.lstat(os.path.join(d, n)).st_size for d, _, fs in os.walk(tree) for n in fs)
+        rows = []
+        for label, ours, ref in compare(work, tree, args.runs, env_nix):
+            rows.append(
+                [label, f"{ours.median_s:.2f} s", f"{ref.median_s:.2f} s", fmt_ratio(ours.median_s, ref.median_s),
+                 f"{ours.peak_rss_mib:.0f} MiB", f"{ref.peak_rss_mib:.0f} MiB"]
+            )  # fmt: skip
+            print(rows[-1], flush=True)
+        if args.big_mib:
+            big_dir = work / "bigsrc"
+            big_dir.mkdir()
+            big = big_dir / "big.bin"
+            block = os.urandom(1 << 20)
+            with open(big, "wb") as f:
+                for i in range(args.big_mib):
+                    f.write(i.to_bytes(8, "little") + block[8:])
+            _rmtree(work / "state")
+            _rmtree(work / "nixstore")
+            runs = max(1, min(args.runs, 3))
+            env = tvixd_env()
+
+            def fresh(_: int) -> None:
+                _rmtree(work / "state")
+                _rmtree(work / "nixstore")
+
+            ours = measure(lambda i: [*tvixd_cmd(), "import", *store_flags(work / "state"), str(big)], runs,
+                           env=env, before_each=fresh)  # fmt: skip
+            ref = measure(lambda i: nix_add(work / "nixstore", big), runs, env=env_nix, before_each=fresh)
+            rows.append(
+                [f"import one {args.big_mib} MiB file", f"{ours.median_s:.2f} s", f"{ref.median_s:.2f} s",
+                 fmt_ratio(ours.median_s, ref.median_s), f"{ours.peak_rss_mib:.0f} MiB", f"{ref.peak_rss_mib:.0f} MiB"]
+            )  # fmt: skip
+            print(rows[-1], flush=True)
+    finally:
+        _rmtree(work)
+
+    info = machine_info()
+    table = markdown_table(["case", "tvixd", "nix", "ratio", "tvixd peak RSS", "nix peak RSS"], rows)
+    body = (
+        f"## import / dump-path vs Nix (`bench/import_bench.py`)\n\n"
+        f"Tree `{args.tree}`: {files} files, {size / 1e6:.0f} MB; median of {args.runs} runs "
+        f"(big file: of {max(1, min(args.runs, 3))}), warm page cache, embedded store (fs:// + sqlite://).\n"
+        f"Machine: {info['cpu']}, {info['memory']}, Python {info['python']}, {info['nix']}, {info['date']}.\n"
+        f"Command: `python bench/import_bench.py --runs {args.runs} --big-mib {args.big_mib} --record`\n\n"
+        f"{table}\n"
+    )
+    print(body)
+    if args.record:
+        update_section("import", body)
+
+
+if __name__ == "__main__":
+    main()
