@@ -27,19 +27,8 @@ from tvixd.store import Store
 
 @pytest.fixture(params=STORE_KINDS)
 def store(request, tmp_path):
-    if request.param == "embedded" and not _embedded_backends_exist():
-        pytest.skip("the fs:// and sqlite:// backends have not landed yet")
     with Store.open(store_addrs(request.param, tmp_path)) as s:
         yield s
-
-
-def _embedded_backends_exist() -> bool:
-    import importlib.util
-
-    return all(
-        importlib.util.find_spec(m) is not None
-        for m in ("tvixd.blobservice.fs", "tvixd.directoryservice.sqlite", "tvixd.pathinfoservice.sqlite")
-    )
 
 
 def make_complicated(root: Path) -> Path:

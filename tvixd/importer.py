@@ -57,6 +57,9 @@ MAX_PENDING_DIRS = 512
 DEFAULT_WORKERS = 12
 """Blob writer threads; fsync-bound, so more than the CPU count pays (see module docstring)."""
 
+COMMIT_EVERY = 8192
+"""Files between intermediate commits of the blob batch (bounds temp files awaiting the final commit)."""
+
 Progress = Callable[[int, int], None]
 """Called from the walk thread after each file with (files done, bytes done)."""
 
@@ -178,10 +181,11 @@ class _Ingest:
         progress: Progress | None,
     ) -> None:
         self.blob = blob_service
+        self.batch = blob_service.batch()
         self.directory_service = directory_service
         self.progress = progress
         self.budget = _Budget(INFLIGHT_BYTES)
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="blob-writer")
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="blob-writer") if workers else None
         self.ordered = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-stream")
         self.sink = NarHashSink()
         self.nar = NarWriter(self.sink)
@@ -196,7 +200,7 @@ class _Ingest:
 
     def _store_whole(self, data: bytes) -> B3Digest:
         try:
-            writer = self.blob.open_write()
+            writer = self.batch.open_write()
             try:
                 writer.write(data)
                 return writer.close()
@@ -231,9 +235,13 @@ class _Ingest:
                 data = self._read_exact(fd, path, size)
                 nar.file_chunk(data)
                 self.budget.acquire(size)
-                future = self.pool.submit(self._store_whole, data)
+                if self.pool is None:
+                    future = Future()
+                    future.set_result(self._store_whole(data))
+                else:
+                    future = self.pool.submit(self._store_whole, data)
             else:
-                stream = _StreamedBlob(self.blob.open_write(), self.budget)
+                stream = _StreamedBlob(self.batch.open_write(), self.budget)
                 self.streams.append(stream)
                 remaining = size
                 while remaining:
@@ -254,6 +262,8 @@ class _Ingest:
             os.close(fd)
         self.files_done += 1
         self.bytes_done += size
+        if self.files_done % COMMIT_EVERY == 0:
+            self.batch.commit()  # bounds the temp files (and bookkeeping) waiting for the final commit
         if self.progress is not None:
             self.progress(self.files_done, self.bytes_done)
         return future, size, executable
@@ -370,6 +380,7 @@ class _Ingest:
                     root = self._walk_directory(path)
                     while self.queue:  # the rest, leaves first, waiting for their blobs
                         self._send(self.queue.popleft())
+                    self.batch.commit()  # every blob durable and visible before any directory
                     got = putter.close()
                 if got != root.digest:
                     raise StorageError(
@@ -383,14 +394,20 @@ class _Ingest:
             elif stat.S_ISREG(st.st_mode):
                 future, size, executable = self._file(path, b"")
                 node = Node(file=FileNode(name=b"", digest=future.result(), size=size, executable=executable))
+                self.batch.commit()
             else:
                 raise _special(path, st.st_mode)
         except BaseException:
             for stream in self.streams:
                 self.ordered.submit(stream.abort)
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+            self.ordered.shutdown(wait=True)
+            self.batch.abort()  # after the writers stopped: nothing uncommitted becomes visible
             raise
         finally:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
             self.ordered.shutdown(wait=True)
         return node, self.sink.size, self.sink.sha256()
 

@@ -80,6 +80,42 @@ class BlobWriter(ABC):
             self.abort()
 
 
+class BlobBatch:
+    """A group of blob writes made durable and visible together, at :meth:`commit`.
+
+    Bulk writers (the importer) use it so a backend can pay one filesystem sync for
+    many blobs instead of one or two fsyncs per blob (fs://: about 7x faster on
+    /usr/share/doc, see ``tvixd.blobservice.fs``).
+
+    Contract:
+    - ``open_write()`` gives a writer like :meth:`BlobService.open_write`, except that
+      its ``close()`` returns the digest while the blob may stay invisible (and not
+      durable) until ``commit()``.
+    - ``commit()`` makes every blob whose writer was closed before the call durable
+      and visible; the batch can be used and committed again afterwards.
+    - ``abort()`` discards the blobs not committed yet: they never become visible.
+      A crash before ``commit()`` leaves nothing visible of them either.
+    - Writers of one batch may be used from several threads at once; ``commit`` and
+      ``abort`` are called by the batch's owner.
+
+    This default commits each blob when its writer closes (``commit``/``abort`` have
+    nothing to do), which is correct for every backend.
+    """
+
+    def __init__(self, service: BlobService) -> None:
+        self.service = service
+
+    def open_write(self) -> BlobWriter:
+        """A writer whose blob becomes visible at the latest at ``commit()``."""
+        return self.service.open_write()
+
+    def commit(self) -> None:
+        """Make every blob closed so far durable and visible."""
+
+    def abort(self) -> None:
+        """Discard blobs not committed yet."""
+
+
 class BlobService(ABC):
     """Stores and retrieves blobs by blake3 digest.
 
@@ -105,6 +141,10 @@ class BlobService(ABC):
     @abstractmethod
     def open_write(self) -> BlobWriter:
         """A fresh writer. Opening never fails for lack of connectivity (errors surface on write/close)."""
+
+    def batch(self) -> BlobBatch:
+        """A :class:`BlobBatch` for many writes committed together (the default commits each on close)."""
+        return BlobBatch(self)
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release resources (connections, channels). The service is unusable afterwards."""

@@ -34,11 +34,12 @@ import errno
 import io
 import os
 import tempfile
+import threading
 import time
 
 import blake3
 
-from tvixd.blobservice.base import BlobReader, BlobService, BlobWriter
+from tvixd.blobservice.base import BlobBatch, BlobReader, BlobService, BlobWriter
 from tvixd.castore.digest import B3Digest
 from tvixd.errors import AlreadyClosed, DataLoss, ResourceExhausted, StorageError
 
@@ -140,8 +141,9 @@ class FsBlobReader(BlobReader):
 class _FsBlobWriter(BlobWriter):
     """Streams into a temp file in ``tmp/``, hashing as it goes; ``close`` makes it durable and renames it."""
 
-    def __init__(self, service: FsBlobService) -> None:
+    def __init__(self, service: FsBlobService, batch: FsBlobBatch | None = None) -> None:
         self._service = service
+        self._batch = batch  # set: close() leaves sync and rename to batch.commit()
         self._hasher = blake3.blake3()
         self._file: io.BufferedWriter | None = None
         self._tmp_path: str | None = None
@@ -186,12 +188,16 @@ class _FsBlobWriter(BlobWriter):
                 try:
                     file.flush()
                     os.fchmod(file.fileno(), 0o444)  # blobs are immutable
-                    os.fsync(file.fileno())
+                    if self._batch is None:
+                        os.fsync(file.fileno())
                     file.close()
                 except OSError as e:
                     raise _os_error(e, "write", tmp_path) from e
                 self._file = None
-                self._service._publish(tmp_path, final)
+                if self._batch is None:
+                    self._service._publish(tmp_path, final)
+                else:
+                    self._batch._add(tmp_path, final)
                 self._tmp_path = None
         except BaseException:
             self.abort()
@@ -219,6 +225,97 @@ class _FsBlobWriter(BlobWriter):
         # An abandoned writer must not leave a temp file behind for an hour.
         if self._digest is None and (self._file is not None or self._tmp_path is not None):
             self.abort()
+
+
+def _syncfs(path: str) -> bool:
+    """Flush the whole filesystem holding ``path`` (Linux ``syncfs``); False where that is unavailable."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        syncfs = libc.syncfs
+    except (OSError, AttributeError):
+        return False
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+    finally:
+        os.close(fd)
+    return True
+
+
+class FsBlobBatch(BlobBatch):
+    """Blob writes whose fsyncs and renames happen together at ``commit()`` (the importer's hook).
+
+    Writers close into temp files in ``tmp/`` without fsync; ``commit`` makes them
+    durable with one ``syncfs`` (falling back to one fsync per file), renames them
+    into place, and makes the renames durable with a second ``syncfs`` (else one
+    fsync per fan-out directory). Until then nothing is visible, so a crash leaves
+    only temp files, cleaned up like any abandoned write. Measured on /usr/share/doc
+    (4,146 files, 2 cores, virtio disk): writing the blobs one fsync pair each took
+    7.5-9 s with 16 writer threads; through one batch, 1.2 s from one thread. The
+    price: ``syncfs`` also flushes unrelated dirty data on the same filesystem.
+    """
+
+    def __init__(self, service: FsBlobService) -> None:
+        super().__init__(service)
+        self._fs = service
+        self._lock = threading.Lock()
+        self._pending: list[tuple[str, str]] = []  # (temp file, final path)
+
+    def open_write(self) -> BlobWriter:
+        return _FsBlobWriter(self._fs, batch=self)
+
+    def _add(self, tmp_path: str, final: str) -> None:
+        with self._lock:
+            self._pending.append((tmp_path, final))
+
+    def commit(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        if not pending:
+            return
+        root = self._fs.root
+        done = 0
+        try:
+            if not _syncfs(self._fs.tmp_dir):
+                for tmp_path, _ in pending:
+                    fd = os.open(tmp_path, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+            fan_outs = set()
+            for tmp_path, final in pending:
+                try:
+                    os.rename(tmp_path, final)  # a duplicate in the batch replaces identical bytes
+                except FileNotFoundError:
+                    os.makedirs(os.path.dirname(final), exist_ok=True)
+                    os.rename(tmp_path, final)
+                done += 1
+                fan_outs.add(os.path.dirname(final))
+            if not _syncfs(root):
+                _fsync_dir(root)
+                for d in fan_outs:
+                    _fsync_dir(d)
+        except OSError as e:
+            self._discard(pending[done:])
+            raise _os_error(e, "commit blobs in", root) from e
+
+    def abort(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        self._discard(pending)
+
+    @staticmethod
+    def _discard(pending: list[tuple[str, str]]) -> None:
+        for tmp_path, _ in pending:
+            try:
+                os.unlink(tmp_path)
+            except FileNotFoundError:
+                pass
 
 
 class FsBlobService(BlobService):
@@ -294,3 +391,6 @@ class FsBlobService(BlobService):
 
     def open_write(self) -> BlobWriter:
         return _FsBlobWriter(self)
+
+    def batch(self) -> BlobBatch:
+        return FsBlobBatch(self)

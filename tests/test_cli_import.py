@@ -1,0 +1,172 @@
+"""``tvixd import`` as a command: partial failures, exit status, JSON, progress, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import subprocess
+import sys
+
+from tests.conftest import REPO_ROOT, run_tvixd, tvixd_env
+from tests.nix import store_args
+
+HELLO_PATH = "/nix/store/zhyr2cw9j1s4yxi24fy1gpbcxilibd45-root"
+
+
+def test_import_prints_store_path(tmp_path):
+    (tmp_path / "root").write_bytes(b"Hello World!")
+    proc = run_tvixd("import", *store_args(tmp_path), str(tmp_path / "root"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == (HELLO_PATH + "\n").encode()
+
+
+def test_no_paths_is_fine(tmp_path):
+    proc = run_tvixd("import", *store_args(tmp_path))
+    assert (proc.returncode, proc.stdout) == (0, b"")
+
+
+def test_partial_failure(tmp_path):
+    """Bad paths each get one error line naming them; the good ones still complete; exit 1."""
+    (tmp_path / "root").write_bytes(b"Hello World!")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "bad name").write_bytes(b"x")
+    args = [str(tmp_path / n) for n in ("fifo", "root", "bad name", "missing")]
+    proc = run_tvixd("import", *store_args(tmp_path), *args)
+    assert proc.returncode == 1
+    assert proc.stdout == (HELLO_PATH + "\n").encode()
+    lines = proc.stderr.decode().splitlines()
+    assert len(lines) == 3, lines
+    assert (
+        lines[0] == f"tvixd import: error: {tmp_path}/fifo: is a FIFO; only regular files, directories and "
+        "symlinks can be imported"
+    )
+    assert lines[1].startswith(f"tvixd import: error: {tmp_path}/bad name: 'bad name' is not a valid store path name")
+    assert lines[2] == f"tvixd import: error: {tmp_path}/missing: No such file or directory"
+    assert b"Traceback" not in proc.stderr
+    # The good path is really in the store.
+    info = run_tvixd("path-info", *store_args(tmp_path), HELLO_PATH)
+    assert info.stdout == (HELLO_PATH + "\n").encode()
+
+
+def test_json_output(tmp_path):
+    (tmp_path / "root").write_bytes(b"Hello World!")
+    proc = run_tvixd("import", "--json", *store_args(tmp_path), str(tmp_path / "root"))
+    assert proc.returncode == 0
+    assert json.loads(proc.stdout) == {
+        "path": HELLO_PATH,
+        "narHash": "sha256:0h40zg6hakjv951nyhdad7mv9za56m3za5gnpiw5s1hbwcxzdrq3",
+        "narSize": 128,
+    }
+
+
+def test_reimport_same_output(tmp_path):
+    tree = tmp_path / "tree"
+    (tree / "d").mkdir(parents=True)
+    (tree / "d" / "f").write_bytes(b"data")
+    first = run_tvixd("import", *store_args(tmp_path), str(tree))
+    second = run_tvixd("import", *store_args(tmp_path), str(tree))
+    assert first.returncode == second.returncode == 0
+    assert first.stdout == second.stdout
+    assert first.stdout.startswith(b"/nix/store/")
+
+
+def test_env_vars_select_the_store(tmp_path):
+    (tmp_path / "root").write_bytes(b"Hello World!")
+    flags = dict(arg.removeprefix("--").split("=", 1) for arg in store_args(tmp_path))
+    env = tvixd_env(
+        BLOB_SERVICE_ADDR=flags["blob-service-addr"],
+        DIRECTORY_SERVICE_ADDR=flags["directory-service-addr"],
+        PATH_INFO_SERVICE_ADDR=flags["path-info-service-addr"],
+    )
+    assert run_tvixd("import", str(tmp_path / "root"), env=env).returncode == 0
+    assert run_tvixd("path-info", *store_args(tmp_path), HELLO_PATH).returncode == 0
+
+
+def test_bad_store_address_is_one_line(tmp_path):
+    (tmp_path / "root").write_bytes(b"x")
+    proc = run_tvixd("import", "--blob-service-addr=foo", str(tmp_path / "root"))
+    assert proc.returncode == 1
+    assert len(proc.stderr.decode().strip().splitlines()) == 1
+    assert b"foo" in proc.stderr
+
+
+def _run_with_tty_stderr(args: list[str], env: dict[str, str]) -> tuple[int, bytes, bytes]:
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tvixd", *args], stdout=subprocess.PIPE, stderr=slave, env=env, cwd=REPO_ROOT
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO once the child closed the pty
+            break
+        if not data:
+            break
+        chunks.append(data)
+    out = proc.stdout.read()
+    proc.wait()
+    os.close(master)
+    return proc.returncode, out, b"".join(chunks)
+
+
+def test_progress_on_a_terminal_only(tmp_path):
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(50):
+        (tree / f"f{i}").write_bytes(os.urandom(1000))
+    env = tvixd_env(TVIXD_PROGRESS_DELAY="0")
+    rc, out, err = _run_with_tty_stderr(["import", *store_args(tmp_path), str(tree)], env)
+    assert rc == 0
+    assert out.startswith(b"/nix/store/")
+    assert b"importing " in err and b"files" in err
+    # Not a terminal: nothing on stderr at all.
+    proc = run_tvixd("import", *store_args(tmp_path), str(tree), env=env)
+    assert proc.returncode == 0 and proc.stderr == b""
+
+
+def test_killed_import_leaves_nothing_visible(tmp_path):
+    """SIGKILL in the middle of an import: no path info, no directory, no blob outside tmp/."""
+    import signal
+    import time
+
+    tree = tmp_path / "tree"
+    (tree / "a").mkdir(parents=True)
+    (tree / "a" / "small").write_bytes(b"small file, written before the kill")
+    with open(tree / "b-big", "wb") as f:
+        f.truncate(512 << 20)  # sparse: cheap on disk, still 512 MiB to hash and write
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tvixd", "import", *store_args(tmp_path), str(tree)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=tvixd_env(),
+    )
+    blobs_tmp = tmp_path / "state" / "blobs" / "tmp"
+    while proc.poll() is None and not (blobs_tmp.is_dir() and os.listdir(blobs_tmp)):
+        time.sleep(0.01)
+    assert proc.poll() is None, "the import finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    visible = [
+        os.path.join(d, n) for d, _, names in os.walk(tmp_path / "state" / "blobs") for n in names
+        if not d.startswith(str(blobs_tmp))
+    ]  # fmt: skip
+    assert visible == []
+    listing = run_tvixd("path-info", "--all", "--json", *store_args(tmp_path))
+    assert listing.returncode == 0 and json.loads(listing.stdout) == []
+    # The completed subdirectory "a" was not committed either.
+    import blake3
+
+    from tvixd.castore.directory import directory_digest
+    from tvixd.directoryservice.from_addr import from_addr
+    from tvixd.proto.castore_pb2 import Directory, FileNode
+
+    data = (tree / "a" / "small").read_bytes()
+    a = Directory(files=[FileNode(name=b"small", digest=blake3.blake3(data).digest(), size=len(data))])
+    directories = from_addr(store_args(tmp_path)[1].split("=", 1)[1])
+    try:
+        assert directories.get(directory_digest(a)) is None
+    finally:
+        directories.close()
