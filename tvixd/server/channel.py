@@ -141,4 +141,6 @@ class SharedChannel:
                 "sqlite:///DIR/store.sqlite --path-info-service-addr sqlite:///DIR/store.sqlite "
                 "(or the env vars BLOB_SERVICE_ADDR, DIRECTORY_SERVICE_ADDR, PATH_INFO_SERVICE_ADDR)"
             )
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (details or ""):
+            details = f"{details} (over the daemon's message size limit, tvixd daemon --max-message-size)"
         return error_for(code, details)

@@ -188,9 +188,11 @@ def build_server(
     if not specs:
         raise errors.InvalidRequest("no listen address given")
     options = [
-        # Our Decoder enforces max_message_bytes with a message naming the limit; grpc core's
-        # cap (which cannot say which setting to change) only stops far larger messages early.
-        ("grpc.max_receive_message_length", min(2 * max_message_bytes, 2**31 - 1)),
+        # Our Decoder enforces max_message_bytes with a message naming the setting; grpc core's
+        # cap (whose message cannot say which setting to change) only stops far larger messages
+        # before they are buffered whole. Clients of ours annotate its message (channel.py).
+        ("grpc.max_receive_message_length", min(max(4 * max_message_bytes, max_message_bytes + 64 * 2**20),
+                                                2**31 - 1)),
         ("grpc.max_send_message_length", -1),
         # Without this Linux grpc sets SO_REUSEPORT, and a second daemon on the same port would
         # silently share it instead of failing.
