@@ -7,7 +7,6 @@ Python API; skipped only where /dev/fuse is absent. Teardown always runs ``fuser
 from __future__ import annotations
 
 import errno
-import importlib.util
 import os
 import signal
 import socket
@@ -54,22 +53,10 @@ pytestmark = [pytest.mark.fuse, needs_fuse]
 
 
 
-def embedded_store(state_dir: Path, stack: ExitStack) -> StoreAddrs:
-    """A store in ``state_dir`` that the test and a mount subprocess can share.
-
-    The embedded store (fs:// blobs, one sqlite:// file). Until the sqlite backend lands, a daemon
-    subprocess over memory:// directories and path infos stands in (memory:// can't be shared).
-    """
+def embedded_store(state_dir: Path) -> StoreAddrs:
+    """The embedded store (fs:// blobs, one sqlite:// file) in ``state_dir``: shareable across processes."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    if importlib.util.find_spec("tvixd.directoryservice.sqlite") is not None:
-        return StoreAddrs.embedded(state_dir)
-    from tests.daemon import start_daemon
-
-    daemon = stack.enter_context(
-        start_daemon(state_dir, "--blob-service-addr", f"fs://{state_dir / 'blobs'}",
-                     "--directory-service-addr", "memory://", "--path-info-service-addr", "memory://")
-    )  # fmt: skip
-    return StoreAddrs.daemon(daemon.addr)
+    return StoreAddrs.embedded(state_dir)
 
 
 @pytest.fixture
@@ -79,16 +66,14 @@ def stack() -> Iterator[ExitStack]:
 
 
 @pytest.fixture(scope="module")
-def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, StoreAddrs, Path, str]]:
-    """A populated embedded store: (state dir, its addresses, the nasty source tree)."""
+def store_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, StoreAddrs, Path, str]:
+    """A populated embedded store: (state dir, its addresses, the nasty source tree, its store path basename)."""
     base = tmp_path_factory.mktemp("fuse-store")
-    with ExitStack() as stack:
-        addrs = embedded_store(base / "state", stack)
-        source = make_nasty_tree(base / "source")
-        with Store.open(addrs) as store:
-            populate_fixtures(store)
-        nasty = import_tree(addrs, source)
-        yield base, addrs, source, nasty
+    addrs = embedded_store(base / "state")
+    source = make_nasty_tree(base / "source")
+    with Store.open(addrs) as store:
+        populate_fixtures(store)
+    return base, addrs, source, import_tree(addrs, source)
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +85,8 @@ def mnt(store_dir: tuple[Path, StoreAddrs, Path, str], tmp_path_factory: pytest.
         assert m.proc.poll() is None, "the mount died during the tests:\n" + m.stderr()
 
 
-def test_mount_empty_store_and_sigterm(tmp_path: Path, stack: ExitStack) -> None:
-    addrs = embedded_store(tmp_path / "state", stack)
+def test_mount_empty_store_and_sigterm(tmp_path: Path) -> None:
+    addrs = embedded_store(tmp_path / "state")
     with mounted(tmp_path, addrs) as m:
         st = os.stat(m.path)
         assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o555
@@ -120,22 +105,22 @@ def test_sd_notify_ready_and_stopping(tmp_path: Path, stack: ExitStack) -> None:
     sock = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))
     sock.bind(str(sock_path))
     sock.settimeout(60)
-    with mounted(tmp_path, embedded_store(tmp_path / "state", stack), env={"NOTIFY_SOCKET": str(sock_path)}) as m:
+    with mounted(tmp_path, embedded_store(tmp_path / "state"), env={"NOTIFY_SOCKET": str(sock_path)}) as m:
         assert sock.recv(4096) == b"READY=1"
         assert os.path.ismount(m.path)
         assert m.stop() == 0
         assert sock.recv(4096) == b"STOPPING=1"
 
 
-def test_sigint_unmounts_cleanly(tmp_path: Path, stack: ExitStack) -> None:
-    with mounted(tmp_path, embedded_store(tmp_path / "state", stack)) as m:
+def test_sigint_unmounts_cleanly(tmp_path: Path) -> None:
+    with mounted(tmp_path, embedded_store(tmp_path / "state")) as m:
         assert m.stop(signal.SIGINT) == 0, m.stderr()
         assert not os.path.ismount(m.path)
         assert "Traceback" not in m.stderr()
 
 
-def test_stale_mount_is_reported_with_the_fix(tmp_path: Path, stack: ExitStack) -> None:
-    addrs = embedded_store(tmp_path / "state", stack)
+def test_stale_mount_is_reported_with_the_fix(tmp_path: Path) -> None:
+    addrs = embedded_store(tmp_path / "state")
     with mounted(tmp_path, addrs) as m:
         m.stop(signal.SIGKILL)  # a crash: the kernel mount stays behind
         with pytest.raises(OSError) as e:
@@ -385,12 +370,10 @@ def test_xattrs(listing_mnt: Mounted, mnt: Mounted) -> None:
     assert e.value.errno == errno.ENODATA
 
 
-def test_missing_blob_and_directory(
-    store_dir: tuple[Path, StoreAddrs, Path, str], tmp_path: Path, stack: ExitStack
-) -> None:
+def test_missing_blob_and_directory(store_dir: tuple[Path, StoreAddrs, Path, str], tmp_path: Path) -> None:
     """PathInfos whose content is gone (here: empty blob and directory stores): EIO on those only."""
     _, addrs, _, _ = store_dir
-    empty = embedded_store(tmp_path / "empty", stack)
+    empty = embedded_store(tmp_path / "empty")
     broken = StoreAddrs(blob=empty.blob, directory=empty.directory, path_info=addrs.path_info)
     with mounted(tmp_path, broken) as m:
         # missing blob: stat works, reading fails with EIO
@@ -422,10 +405,7 @@ def test_over_a_real_daemon_with_backward_seeks(tmp_path: Path) -> None:
     from tests.daemon import start_daemon
 
     with ExitStack() as stack:
-        daemon = stack.enter_context(
-            start_daemon(tmp_path / "daemon", "--directory-service-addr", "memory://", "--path-info-service-addr",
-                         "memory://")
-        )  # fmt: skip
+        daemon = stack.enter_context(start_daemon(tmp_path / "daemon"))
         remote = StoreAddrs.daemon(daemon.addr)
         source = make_nasty_tree(tmp_path / "source")
         with Store.open(remote) as store:
