@@ -31,7 +31,7 @@ SAMPLES = {
     "store.state_dir": ("/f/state", "/e/state", "/a/state"),
     "log.format": ("console", "json", "auto"),
     "log.level": ("debug", "warning", "error"),
-    "log.access_log": (False, "yes", False),
+    "log.access_log": (True, "no", True),
     "limits.max_concurrent_rpcs": (10, "20", 30),
     "metrics.listen_address": ("localhost:9101", "127.0.0.1:9102", "[::1]:9103"),
     "binary_cache.listen_address": ("localhost:9001", "localhost:9002", "localhost:9003"),
@@ -41,7 +41,7 @@ SAMPLES = {
     "mount.allow_other": (True, "false", True),
     "mount.show_xattr": (True, "off", True),
 }
-ENV_EXPECTED = {"daemon.listen_address": ["localhost:2", "unix:/run/x.sock"], "log.access_log": True,
+ENV_EXPECTED = {"daemon.listen_address": ["localhost:2", "unix:/run/x.sock"], "log.access_log": False,
                 "binary_cache.signing_key": ["/e/k1", "/e/k2"], "mount.list_root": False,
                 "mount.allow_other": False, "mount.show_xattr": False}
 COMMAND = {"daemon": "daemon", "limits": "daemon", "binary_cache": "binary-cache", "mount": "mount"}
@@ -115,6 +115,13 @@ def test_command_owned_flags_stay_in_their_section(tmp_path: Path):
     args = argparse.Namespace(command="daemon", config=None, listen_address=["localhost:7777"])
     cfg = config.load(args, environ={})
     assert cfg.daemon.listen_address == ["localhost:7777"] and cfg.binary_cache.listen_address == "localhost:9000"
+
+
+def test_absent_store_true_flag_does_not_override(tmp_path: Path):
+    """``tvixd mount`` declares --list-root with action=store_true (False when absent): the file still counts."""
+    path = write_toml(tmp_path / "t.toml", {"mount.list_root": True})
+    cfg = config.load(argparse.Namespace(command="mount", config=str(path), list_root=False), environ={})
+    assert cfg.mount.list_root is True and cfg.source("mount.list_root").startswith("file ")
 
 
 def test_file_lookup_order(tmp_path: Path):

@@ -476,6 +476,8 @@ def load(args: Any = None, environ: typing.Mapping[str, str] | None = None,
                 raise ConfigError(f"environment variable {spec.env} ({spec.dotted}): {e}") from None
         owner = SECTION_COMMANDS.get(spec.section)
         flag_value = getattr(args, spec.dest, None) if args is not None and owner in (None, command) else None
+        if flag_value is False and _base_type(spec.type)[0] is bool:
+            flag_value = None  # a store_true flag that was not given: it must not hide the env var or file
         if flag_value is not None:
             if spec.one_or_many and isinstance(flag_value, str):
                 flag_value = [flag_value]
