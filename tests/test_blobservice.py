@@ -332,6 +332,7 @@ def test_fs_os_error_names_path(fs_service, tmp_path):
     from tvixd.errors import StorageError
 
     h = BLOB_A_DIGEST.hex()
+    (tmp_path / "blobs" / h[:2]).rmdir()
     (tmp_path / "blobs" / h[:2]).write_bytes(b"not a directory")
     writer = fs_service.open_write()
     writer.write(BLOB_A)
@@ -364,6 +365,13 @@ def test_fs_disk_full(tmp_path):
         assert put(service, BLOB_A) == BLOB_A_DIGEST  # still usable afterwards
     finally:
         subprocess.run(["umount", str(root)], check=True)
+
+
+def test_fs_recreates_missing_fan_out_directory(fs_service, tmp_path):
+    h = BLOB_A_DIGEST.hex()
+    (tmp_path / "blobs" / h[:2]).rmdir()
+    assert put(fs_service, BLOB_A) == BLOB_A_DIGEST
+    assert read_all(fs_service, BLOB_A_DIGEST) == BLOB_A
 
 
 def test_fs_from_addr_creates_directory(tmp_path):

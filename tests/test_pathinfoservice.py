@@ -100,8 +100,28 @@ def test_put_with_narinfo_roundtrips(path_info_service):
         symlink_info(name=b"invalid"),
         PathInfo(node=Node(directory=DirectoryNode(name=DUMMY_NAME, digest=b"", size=0))),
         PathInfo(node=Node(file=FileNode(name=DUMMY_NAME, digest=b"\x00" * 31, size=0))),
+        symlink_info(name=b"0" * 32 + b"-" + b"n" * 212),
+        PathInfo(node=symlink_info().node, references=[bytes(32)]),
+        PathInfo(node=symlink_info().node, references=[bytes(20)], narinfo=NARInfo(nar_sha256=bytes(32))),
+        PathInfo(
+            node=symlink_info().node,
+            references=[bytes(20)],
+            narinfo=NARInfo(nar_sha256=bytes(32), reference_names=["11111111111111111111111111111111-x"]),
+        ),
+        PathInfo(node=symlink_info().node, narinfo=NARInfo(nar_sha256=bytes(31))),
     ],
-    ids=["no-node", "unset-node", "bad-name", "empty-digest", "short-digest"],
+    ids=[
+        "no-node",
+        "unset-node",
+        "bad-name",
+        "empty-digest",
+        "short-digest",
+        "name-too-long",
+        "reference-32-bytes",
+        "reference-names-count",
+        "reference-name-mismatch",
+        "nar-sha256-length",
+    ],
 )
 def test_put_rejects_invalid(path_info_service, info):
     with pytest.raises(InvalidRequest):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tvixd.blobservice.base import BlobService
 from tvixd.castore.digest import B3Digest
+from tvixd.castore.pathinfo import validate_path_info
 from tvixd.directoryservice.base import DirectoryService
 from tvixd.errors import FailedPrecondition, InvalidRequest
 from tvixd.proto.pathinfo_pb2 import Node, PathInfo
@@ -18,17 +19,9 @@ def check_output_digest(digest: bytes) -> bytes:
     return bytes(digest)
 
 
-def _validator():
-    try:
-        from tvixd.castore.pathinfo import validate_path_info
-    except ImportError:  # until the castore module lands
-        return _validate_minimal
-    return validate_path_info
-
-
 def validate_stored_path_info(path_info: PathInfo, key: bytes) -> None:
     """Re-check a PathInfo read back from storage: still valid, and stored under its own digest."""
-    store_path = _validator()(path_info)
+    store_path = validate_path_info(path_info)
     if bytes(store_path.digest) != key:
         raise InvalidRequest(f"stored under {key.hex()} but its root node names {store_path}")
 
@@ -40,7 +33,7 @@ def check_path_info(path_info: PathInfo, blob: BlobService, directory: Directory
     root's content must exist (a directory's closure is complete by the
     directory store's invariant): ``FailedPrecondition`` naming the digest.
     """
-    store_path = _validator()(path_info)
+    store_path = validate_path_info(path_info)
     kind = path_info.node.WhichOneof("node")
     if kind == "directory":
         digest = B3Digest(path_info.node.directory.digest)
@@ -66,31 +59,3 @@ def nar_cache_key(node: Node) -> bytes:
     getattr(keyed, kind).name = b""
     return keyed.SerializeToString(deterministic=True)
 
-
-_NIXBASE32 = "0123456789abcdfghijklmnpqrsvwxyz"
-
-
-class _MinimalStorePath:
-    def __init__(self, digest: bytes, name: str) -> None:
-        self.digest = digest
-        self.name = name
-
-    def __str__(self) -> str:
-        return self.name
-
-
-def _validate_minimal(path_info: PathInfo) -> _MinimalStorePath:
-    """Stand-in for ``tvixd.castore.pathinfo.validate_path_info`` until it lands: node, digest, name."""
-    kind = path_info.node.WhichOneof("node")
-    if kind is None:
-        raise InvalidRequest("invalid PathInfo: no root node present")
-    root = getattr(path_info.node, kind)
-    if kind != "symlink" and len(root.digest) != 32:
-        raise InvalidRequest(f"invalid PathInfo: root node digest length {len(root.digest)}")
-    name = root.name.decode("ascii", "replace")
-    if len(name) < 34 or name[32] != "-" or any(c not in _NIXBASE32 for c in name[:32]):
-        raise InvalidRequest(f"invalid PathInfo: root node name {root.name!r} is not a store path basename")
-    value = 0
-    for c in name[:32]:
-        value = value * 32 + _NIXBASE32.index(c)
-    return _MinimalStorePath(value.to_bytes(20, "little"), name)
