@@ -332,7 +332,6 @@ def test_fs_os_error_names_path(fs_service, tmp_path):
     from tvixd.errors import StorageError
 
     h = BLOB_A_DIGEST.hex()
-    (tmp_path / "blobs" / h[:2]).rmdir()
     (tmp_path / "blobs" / h[:2]).write_bytes(b"not a directory")
     writer = fs_service.open_write()
     writer.write(BLOB_A)
@@ -369,6 +368,8 @@ def test_fs_disk_full(tmp_path):
 
 def test_fs_recreates_missing_fan_out_directory(fs_service, tmp_path):
     h = BLOB_A_DIGEST.hex()
+    assert put(fs_service, BLOB_A) == BLOB_A_DIGEST
+    (tmp_path / "blobs" / h[:2] / h[2:]).unlink()
     (tmp_path / "blobs" / h[:2]).rmdir()
     assert put(fs_service, BLOB_A) == BLOB_A_DIGEST
     assert read_all(fs_service, BLOB_A_DIGEST) == BLOB_A

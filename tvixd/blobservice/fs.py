@@ -328,23 +328,7 @@ class FsBlobService(BlobService):
             os.makedirs(self.tmp_dir, exist_ok=True)
         except OSError as e:
             raise _os_error(e, "create the blob directory", self.tmp_dir) from e
-        self._create_fan_out()
         self._clean_stale_tmp()
-
-    def _create_fan_out(self) -> None:
-        """Create the 256 fan-out directories once (in order, so ``ff`` existing means all do).
-
-        Creating them lazily cost a root-directory fsync for each of the first
-        256 blobs of a fresh store.
-        """
-        if os.path.isdir(os.path.join(self.root, "ff")):
-            return
-        try:
-            for i in range(256):
-                os.makedirs(os.path.join(self.root, f"{i:02x}"), exist_ok=True)
-            _fsync_dir(self.root)
-        except OSError as e:
-            raise _os_error(e, "create fan-out directories in", self.root) from e
 
     def _clean_stale_tmp(self) -> None:
         """Remove temp files of writers that crashed long ago (fresh ones may belong to a live process)."""
