@@ -112,6 +112,17 @@ def test_sd_notify_ready_and_stopping(tmp_path: Path, stack: ExitStack) -> None:
         assert sock.recv(4096) == b"STOPPING=1"
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may change a device's read-ahead")
+def test_kernel_read_ahead_is_widened(tmp_path: Path) -> None:
+    """The mount's own backing device gets a 1 MiB read-ahead (fewer, larger read requests)."""
+    from tvixd.fuse.mount import KERNEL_READ_AHEAD_KIB
+
+    with mounted(tmp_path, embedded_store(tmp_path / "state"), name="mount point") as m:
+        dev = os.stat(m.path).st_dev
+        bdi = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
+        assert int(bdi.read_text()) == KERNEL_READ_AHEAD_KIB == 1024
+
+
 def test_sigint_unmounts_cleanly(tmp_path: Path) -> None:
     with mounted(tmp_path, embedded_store(tmp_path / "state")) as m:
         assert m.stop(signal.SIGINT) == 0, m.stderr()

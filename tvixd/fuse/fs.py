@@ -110,7 +110,7 @@ class _FileHandle:
     buf_off: int = 0
     lock: trio.Lock = field(default_factory=trio.Lock)
 
-    def cached(self, off: int, size: int) -> bytes | None:
+    def cached(self, off: int, size: int) -> memoryview | None:
         """The requested bytes if the read-ahead buffer holds them all (or up to EOF)."""
         start = off - self.buf_off
         if start < 0 or start >= len(self.buf):
@@ -118,7 +118,7 @@ class _FileHandle:
         end = start + size
         if end > len(self.buf) and self.buf_off + len(self.buf) < self.size:
             return None
-        return self.buf[start:end]
+        return memoryview(self.buf)[start:end]  # no copy: pyfuse3 takes any buffer
 
 
 @dataclass
@@ -353,7 +353,7 @@ class StoreFS(pyfuse3.Operations):
         return reader
 
     @_guard
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         handle = self._files.get(fh)
         if handle is None:
             raise pyfuse3.FUSEError(errno.EBADF)
@@ -373,7 +373,7 @@ class StoreFS(pyfuse3.Operations):
                 self._drop_reader(handle)
                 raise pyfuse3.FUSEError(errno.EIO) from None
 
-    def _read_at(self, handle: _FileHandle, off: int, size: int) -> bytes:
+    def _read_at(self, handle: _FileHandle, off: int, size: int) -> bytes | memoryview:
         """Runs in a worker thread: position the handle's reader at ``off`` and read ``size`` bytes (fewer at EOF).
 
         A sequential read (``off`` where the last one ended) reads ahead :data:`READ_AHEAD` bytes into the
@@ -408,7 +408,7 @@ class StoreFS(pyfuse3.Operations):
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         handle.buf, handle.buf_off = data, off
         handle.pos = off + len(data)
-        return data[:size]
+        return memoryview(data)[:size]
 
     def _open_blob_sync(self, digest: bytes) -> BlobReader:
         reader = self.store.blob.open_read(digest)

@@ -1,0 +1,163 @@
+"""`tvixd mount` against the files it serves: sequential read of a big file, `find` over a tree.
+
+Usage: python bench/fuse_bench.py [--big-mib 512] [--tree /usr/share/doc] [--runs 5] [--record]
+
+Needs /dev/fuse. One embedded store (fs:// blobs + sqlite://) in a temp dir gets the big file
+(random bytes) and the tree through `tvixd import`; then, in the same run:
+
+- read: `cat BLOB_FILE` (the fs:// blob file itself, page cache warm) versus `cat MOUNT/<big>`
+  on a fresh mount per run (so the FUSE side starts cold and every byte goes through tvixd),
+  plus a second `cat` on the same mount (kernel page cache, kept because content never changes);
+- find: `find TREE` (warm dentry cache) versus `find MOUNT/<tree>` on a fresh mount per run
+  (directories fetched lazily from sqlite) and again on the same mount (tvixd's inodes known).
+
+Every number is the median of --runs runs after one untimed warm-up of the reference side.
+Goals (issue 5): read >= 0.5x the direct read's throughput, cold find within 3x of the original.
+With --record the results replace the "fuse" section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import machine_info, markdown_table, run_once, tvixd_cmd, tvixd_env, update_section
+
+
+def store_flags(state: Path) -> list[str]:
+    db = f"sqlite://{state / 'store.sqlite'}"
+    return ["--blob-service-addr", f"fs://{state / 'blobs'}", "--directory-service-addr", db,
+            "--path-info-service-addr", db]  # fmt: skip
+
+
+def tvixd_import(state: Path, path: Path) -> str:
+    out = subprocess.run(
+        [*tvixd_cmd(), "import", str(path), *store_flags(state)], env=tvixd_env(), capture_output=True, check=True
+    )
+    return out.stdout.decode().strip().removeprefix("/nix/store/")
+
+
+@contextmanager
+def mounted(state: Path, dest: Path) -> Iterator[Path]:
+    dest.mkdir(exist_ok=True)
+    proc = subprocess.Popen(
+        [*tvixd_cmd(), "--log-level", "warning", "mount", str(dest), *store_flags(state)],
+        env=tvixd_env(), stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.ismount(dest):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("tvixd mount did not come up")
+            time.sleep(0.02)
+        yield dest
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        if proc.wait(timeout=60) != 0:
+            raise RuntimeError(f"tvixd mount exited {proc.returncode}")
+        subprocess.run(["fusermount3", "-u", "-z", str(dest)], capture_output=True, check=False)
+
+
+def median_time(cmd: list[str], runs: int) -> float:
+    return statistics.median(run_once(cmd).seconds for _ in range(runs))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--big-mib", type=int, default=512)
+    ap.add_argument("--tree", type=Path, default=Path("/usr/share/doc"))
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--record", action="store_true")
+    args = ap.parse_args()
+
+    from tvixd.blobservice.fs import FsBlobService
+    from tvixd.castore.digest import B3Digest
+
+    with tempfile.TemporaryDirectory(prefix="tvixd-fuse-bench-") as tmp_s:
+        tmp = Path(tmp_s)
+        state = tmp / "state"
+        state.mkdir()
+        big = tmp / "big"
+        size = args.big_mib * 2**20
+        with open(big, "wb") as f:
+            for _ in range(args.big_mib):
+                f.write(os.urandom(2**20))
+        big_name = tvixd_import(state, big)
+        tree_name = tvixd_import(state, args.tree)
+        import blake3
+
+        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        hasher.update_mmap(big)
+        blob_file = FsBlobService(str(state / "blobs")).path_of(B3Digest(hasher.digest()))
+        assert os.path.getsize(blob_file) == size
+
+        # Sequential read.
+        run_once(["cat", blob_file])  # warm the page cache
+        direct = median_time(["cat", blob_file], args.runs)
+        cold, warm = [], []
+        for i in range(args.runs):
+            with mounted(state, tmp / f"mnt-read-{i}") as mnt:
+                cold.append(run_once(["cat", str(mnt / big_name)]).seconds)
+                warm.append(run_once(["cat", str(mnt / big_name)]).seconds)
+        read_cold, read_warm = statistics.median(cold), statistics.median(warm)
+
+        # find over the tree.
+        run_once(["find", str(args.tree)])
+        find_orig = median_time(["find", str(args.tree)], args.runs)
+        fcold, fwarm = [], []
+        for i in range(args.runs):
+            with mounted(state, tmp / f"mnt-find-{i}") as mnt:
+                fcold.append(run_once(["find", str(mnt / tree_name)]).seconds)
+                fwarm.append(run_once(["find", str(mnt / tree_name)]).seconds)
+        find_cold, find_warm = statistics.median(fcold), statistics.median(fwarm)
+        entries = sum(1 + len(d) + len(f) for _, d, f in os.walk(args.tree)) - 1
+
+    mib = size / 2**20
+
+    def rate(seconds: float) -> str:
+        return f"{mib / seconds:.0f} MiB/s"
+
+    rows_read = [
+        ["`cat` blob file (fs://, page cache)", f"{direct * 1000:.0f} ms", rate(direct), "1.00x"],
+        ["`cat` through fresh mount", f"{read_cold * 1000:.0f} ms", rate(read_cold), f"{direct / read_cold:.2f}x"],
+        ["`cat` again, same mount", f"{read_warm * 1000:.0f} ms", rate(read_warm), f"{direct / read_warm:.2f}x"],
+    ]
+    rows_find = [
+        [f"`find {args.tree}`", f"{find_orig * 1000:.0f} ms", "1.00x"],
+        ["`find` through fresh mount", f"{find_cold * 1000:.0f} ms", f"{find_cold / find_orig:.1f}x"],
+        ["`find` again, same mount", f"{find_warm * 1000:.0f} ms", f"{find_warm / find_orig:.1f}x"],
+    ]
+    info = machine_info()
+    body = "\n".join([
+        "## FUSE (`tvixd mount`)",
+        "",
+        f"`python bench/fuse_bench.py --big-mib {args.big_mib} --tree {args.tree} --runs {args.runs}`; "
+        f"{info['date']}, {info['cpu']}, {info['memory']}, kernel {info['kernel']}, Python {info['python']}. "
+        "Medians; embedded store (fs:// + sqlite://), imported with `tvixd import`.",
+        "",
+        f"Sequential read of one {mib:.0f} MiB file (goal: >= 0.5x the direct throughput):",
+        "",
+        markdown_table(["what", "time", "throughput", "vs direct"], rows_read),
+        "",
+        f"`find` over {args.tree} ({entries} entries) (goal: fresh mount within 3x of the original):",
+        "",
+        markdown_table(["what", "time", "vs original"], rows_find),
+    ])  # fmt: skip
+    print(body)
+    if args.record:
+        update_section("fuse", body)
+
+
+if __name__ == "__main__":
+    main()
