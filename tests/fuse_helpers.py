@@ -185,7 +185,8 @@ def mounted(
     m = Mounted(dest, proc, log)
     try:
         deadline = time.monotonic() + 60
-        while not os.path.ismount(dest):
+        # Ready once it logged "mounted" (after FUSE INIT and its tuning), not merely once mounted.
+        while not (os.path.ismount(dest) and '"mounted"' in m.stderr()):
             if proc.poll() is not None:
                 raise AssertionError(f"tvixd mount exited with {proc.returncode}:\n{m.stderr()}")
             if time.monotonic() > deadline:
