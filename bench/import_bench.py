@@ -26,10 +26,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
+    Measurement,
     fmt_ratio,
     machine_info,
     markdown_table,
-    measure,
     run_once,
     tvixd_cmd,
     tvixd_env,
@@ -75,30 +75,42 @@ def nix_add(store: Path, path: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def interleaved(cases: dict[str, tuple[list[str], dict[str, str]]], runs: int, before_each=None) -> dict:
+    """Run each case once per round, alternating, so load changes hit every case alike."""
+    results = {name: Measurement() for name in cases}
+    for _ in range(runs):
+        for name, (cmd, env) in cases.items():
+            if before_each is not None:
+                before_each()
+            os.sync()  # the clean-up's writeback must not bleed into the timed run
+            results[name].samples.append(run_once(cmd, env=env))
+    return results
+
+
 def compare(work: Path, tree: Path, runs: int, env_nix: dict[str, str]) -> list[tuple[str, object, object]]:
     """Import and dump of ``tree``: (label, tvixd Measurement, nix Measurement)."""
     env = tvixd_env()
     state, nix_store = work / "state", work / "nixstore"
 
-    def fresh(_: int) -> None:
+    def fresh() -> None:
         _rmtree(state)
         _rmtree(nix_store)
 
     ours_cmd = [*tvixd_cmd(), "import", *store_flags(state), str(tree)]
-    fresh(0)
+    fresh()
     run_once(ours_cmd, env=env)  # warm-up (page cache, .pyc)
     run_once(nix_add(nix_store, tree), env=env_nix)
-    imp = measure(lambda i: ours_cmd, runs, env=env, before_each=fresh)
-    nix_imp = measure(lambda i: nix_add(nix_store, tree), runs, env=env_nix, before_each=fresh)
+    imp = interleaved({"ours": (ours_cmd, env), "nix": (nix_add(nix_store, tree), env_nix)}, runs, fresh)
     # Leave one import in place for re-import and dump.
+    fresh()
     out = subprocess.run(ours_cmd, env=env, capture_output=True, check=True).stdout.decode().strip()
-    reimp = measure(lambda i: ours_cmd, runs, env=env)
-    dump = measure(lambda i: [*tvixd_cmd(), "dump-path", *store_flags(state), out], runs, env=env)
-    nix_dump = measure(lambda i: ["nix-store", "--dump", str(tree)], runs, env=env_nix)
+    dump_cmd = [*tvixd_cmd(), "dump-path", *store_flags(state), out]
+    reimp = interleaved({"ours": (ours_cmd, env)}, runs)
+    dump = interleaved({"ours": (dump_cmd, env), "nix": (["nix-store", "--dump", str(tree)], env_nix)}, runs)
     return [
-        ("import (fresh store)", imp, nix_imp),
-        ("re-import (all blobs present)", reimp, nix_imp),
-        ("dump-path vs nix-store --dump", dump, nix_dump),
+        ("import (fresh store)", imp["ours"], imp["nix"]),
+        ("re-import (all blobs present)", reimp["ours"], imp["nix"]),
+        ("dump-path vs nix-store --dump", dump["ours"], dump["nix"]),
     ]
 
 
@@ -135,15 +147,17 @@ def main() -> None:
             _rmtree(work / "state")
             _rmtree(work / "nixstore")
             runs = max(1, min(args.runs, 3))
-            env = tvixd_env()
 
-            def fresh(_: int) -> None:
+            def fresh() -> None:
                 _rmtree(work / "state")
                 _rmtree(work / "nixstore")
 
-            ours = measure(lambda i: [*tvixd_cmd(), "import", *store_flags(work / "state"), str(big)], runs,
-                           env=env, before_each=fresh)  # fmt: skip
-            ref = measure(lambda i: nix_add(work / "nixstore", big), runs, env=env_nix, before_each=fresh)
+            big_cases = {
+                "ours": ([*tvixd_cmd(), "import", *store_flags(work / "state"), str(big)], tvixd_env()),
+                "nix": (nix_add(work / "nixstore", big), env_nix),
+            }
+            got = interleaved(big_cases, runs, fresh)
+            ours, ref = got["ours"], got["nix"]
             rows.append(
                 [f"import one {args.big_mib} MiB file", f"{ours.median_s:.2f} s", f"{ref.median_s:.2f} s",
                  fmt_ratio(ours.median_s, ref.median_s), f"{ours.peak_rss_mib:.0f} MiB", f"{ref.peak_rss_mib:.0f} MiB"]
@@ -157,7 +171,8 @@ def main() -> None:
     body = (
         f"## import / dump-path vs Nix (`bench/import_bench.py`)\n\n"
         f"Tree `{args.tree}`: {files} files, {size / 1e6:.0f} MB; median of {args.runs} runs "
-        f"(big file: of {max(1, min(args.runs, 3))}), warm page cache, embedded store (fs:// + sqlite://).\n"
+        f"(big file: of {max(1, min(args.runs, 3))}), runs of tvixd and nix interleaved, `sync` before each, "
+        f"warm page cache, embedded store (fs:// + sqlite://) created by the run.\n"
         f"Machine: {info['cpu']}, {info['memory']}, Python {info['python']}, {info['nix']}, {info['date']}.\n"
         f"Command: `python bench/import_bench.py --runs {args.runs} --big-mib {args.big_mib} --record`\n\n"
         f"{table}\n"
