@@ -5,8 +5,14 @@ from __future__ import annotations
 import json
 import os
 import pty
+import shutil
+import signal
 import subprocess
 import sys
+import time
+
+import blake3
+import pytest
 
 from tests.conftest import REPO_ROOT, run_tvixd, tvixd_env
 from tests.nix import store_args
@@ -129,9 +135,6 @@ def test_progress_on_a_terminal_only(tmp_path):
 
 def test_killed_import_leaves_nothing_visible(tmp_path):
     """SIGKILL in the middle of an import: no path info, no directory, no blob outside tmp/."""
-    import signal
-    import time
-
     tree = tmp_path / "tree"
     (tree / "a").mkdir(parents=True)
     (tree / "a" / "small").write_bytes(b"small file, written before the kill")
@@ -157,8 +160,6 @@ def test_killed_import_leaves_nothing_visible(tmp_path):
     listing = run_tvixd("path-info", "--all", "--json", *store_args(tmp_path))
     assert listing.returncode == 0 and json.loads(listing.stdout) == []
     # The completed subdirectory "a" was not committed either.
-    import blake3
-
     from tvixd.castore.directory import directory_digest
     from tvixd.directoryservice.from_addr import from_addr
     from tvixd.proto.castore_pb2 import Directory, FileNode
@@ -170,3 +171,38 @@ def test_killed_import_leaves_nothing_visible(tmp_path):
         assert directories.get(directory_digest(a)) is None
     finally:
         directories.close()
+
+
+def _unprivileged_prefix() -> list[str]:
+    """A command prefix under which permission bits apply (root without CAP_DAC_*), or [] if they already do."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root and util-linux's setpriv is missing: cannot make a path unreadable")
+    caps = "-dac_override,-dac_read_search"
+    return [setpriv, "--bounding-set", caps, "--inh-caps", caps]
+
+
+def test_unreadable_paths(tmp_path):
+    """Unreadable file and directory: one error line each naming the path; others still complete."""
+    (tmp_path / "root").write_bytes(b"Hello World!")
+    (tmp_path / "t1").mkdir()
+    (tmp_path / "t1" / "secret").write_bytes(b"s")
+    (tmp_path / "t1" / "secret").chmod(0)
+    (tmp_path / "t2" / "closed").mkdir(parents=True)
+    (tmp_path / "t2" / "closed").chmod(0)
+    try:
+        proc = subprocess.run(
+            [*_unprivileged_prefix(), sys.executable, "-m", "tvixd", "import", *store_args(tmp_path),
+             str(tmp_path / "t1"), str(tmp_path / "root"), str(tmp_path / "t2")],
+            capture_output=True, env=tvixd_env(), timeout=120, check=False,
+        )  # fmt: skip
+    finally:
+        (tmp_path / "t2" / "closed").chmod(0o755)
+    assert proc.returncode == 1
+    assert proc.stdout == (HELLO_PATH + "\n").encode()
+    assert proc.stderr.decode().splitlines() == [
+        f"tvixd import: error: {tmp_path}/t1/secret: Permission denied",
+        f"tvixd import: error: {tmp_path}/t2/closed: Permission denied",
+    ]
