@@ -27,7 +27,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("paths", nargs="*", metavar="PATH", help="paths to import")
     p.add_argument("--json", action="store_true", help="print one JSON object per path (path, narHash, narSize)")
-    p.add_argument("--workers", type=int, default=None, metavar="N", help="blob writer threads (default 12; 0 writes blobs in the walking thread)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="blob writer threads (default 12; 0 writes blobs in the walking thread)",
+    )
     add_store_args(p, StoreAddrs.daemon())
     p.set_defaults(func=run)
 
@@ -111,7 +117,9 @@ def run(args: argparse.Namespace) -> int:
         for path in args.paths:
             progress = ProgressLine(path, sys.stderr) if sys.stderr.isatty() else None
             try:
-                result = import_path(store, path, workers=DEFAULT_WORKERS if args.workers is None else args.workers, progress=progress)
+                result = import_path(
+                    store, path, workers=DEFAULT_WORKERS if args.workers is None else args.workers, progress=progress
+                )
             except TvixError as e:
                 failed += 1
                 message = str(e) if isinstance(e, IngestError) else f"{show_path(path)}: {e}"
