@@ -22,8 +22,9 @@ from tests.nix import (
     nix_hash,
     nix_hash_base32,
     nix_path_info_json,
-    nix_store_ls,
+    nix_store_dir,
     requires_nix,
+    run_nix,
     store_args,
 )
 from tvixd.castore import nixbase32
@@ -107,10 +108,13 @@ LS_CASES = [
 def test_ls_matches_nix(tmp_path):
     src = make_nasty_tree(tmp_path / "nasty")
     store_path = tvixd_ok(tmp_path, "import", src).decode().strip()
-    for sub, flags in LS_CASES:
-        target = store_path + (f"/{sub}" if sub else "")
-        ours = tvixd_ok(tmp_path, "ls", *flags, target)
-        assert ours.rstrip(b"\n") == nix_store_ls(src, sub, *flags).rstrip(b"\n"), (sub, flags)
+    with nix_store_dir() as nix_store:
+        assert nix_add_fixed(src, store=nix_store) == store_path
+        for sub, flags in LS_CASES:
+            target = store_path + (f"/{sub}" if sub else "")
+            ours = tvixd_ok(tmp_path, "ls", *flags, target)
+            theirs = run_nix("nix", "store", "ls", *flags, target, store=nix_store)
+            assert ours.rstrip(b"\n") == theirs.rstrip(b"\n"), (sub, flags)
 
 
 def test_cat_matches_file(tmp_path):
