@@ -120,7 +120,15 @@ class StorePath:
             name = validate_name(raw[ENCODED_DIGEST_SIZE + 1 :])
         except StorePathError as exc:
             raise StorePathError(exc.kind, f"invalid store path {_show(raw)}: {exc}") from None
-        return cls(digest, name)
+        return cls._trusted(digest, name)
+
+    @classmethod
+    def _trusted(cls, digest: bytes, name: str) -> StorePath:
+        """Construct from parts already validated (skips ``__post_init__``: parsing is on hot paths)."""
+        self = object.__new__(cls)
+        object.__setattr__(self, "digest", digest)
+        object.__setattr__(self, "name", name)
+        return self
 
     @classmethod
     def from_absolute_path(cls, path: str | bytes) -> StorePath:
@@ -191,7 +199,7 @@ def build_store_path_from_fingerprint(path_type: str, inner_sha256: bytes, name:
     if len(inner_sha256) != 32:
         raise InvalidRequest(f"sha256 digest must be 32 bytes, got {len(inner_sha256)}")
     fingerprint = f"{path_type}:sha256:{inner_sha256.hex()}:{STORE_DIR}:{valid_name}"
-    return StorePath(compress_hash(hashlib.sha256(fingerprint.encode()).digest()), valid_name)
+    return StorePath._trusted(compress_hash(hashlib.sha256(fingerprint.encode()).digest()), valid_name)
 
 
 def _make_type(base: str, references: Iterable[str | StorePath], self_reference: bool) -> str:
