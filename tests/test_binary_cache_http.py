@@ -430,3 +430,49 @@ def test_missing_or_corrupt_blobs_never_give_a_complete_looking_response(nix, tm
         assert status == 500
         assert any(e.get("event") == "aborting response mid-stream" for e in cache.events())
         assert all(line.startswith("{") for line in cache.lines), "\n".join(cache.lines)
+
+
+def _upload_file_path(cache: Cache, data: bytes, name: str = "big") -> tuple[str, bytes]:
+    """PUT a single-file NAR and its narinfo; returns (NAR URL path, NAR bytes)."""
+    from tvixd.castore.storepath import build_nar_based_store_path
+
+    nar = _nar_file(data)
+    sp = build_nar_based_store_path(hashlib.sha256(nar).digest(), name)
+    assert cache.request("PUT", f"/nar/{name}.nar", nar)[0] == 204
+    assert cache.request("PUT", f"/{str(sp)[:32]}.narinfo", _narinfo(sp.absolute(), f"nar/{name}.nar", nar))[0] == 204
+    body = cache.request("GET", f"/{str(sp)[:32]}.narinfo")[2].decode()
+    return "/" + dict(line.split(": ", 1) for line in body.splitlines())["URL"], nar
+
+
+def _nar_file(data: bytes) -> bytes:
+    from tests.fixtures import _nar
+
+    return _nar(b"nix-archive-1", b"(", b"type", b"regular", b"contents", data, b")")
+
+
+def test_a_stalled_download_does_not_block_other_requests():
+    """Client A stops reading mid-NAR; B's full download and narinfo lookups still complete meanwhile."""
+    import socket
+
+    # Far more than the loopback socket buffers hold (a few MiB each way): A's sender must block.
+    data = os.urandom(48 * 1024 * 1024)
+    with start_cache(*MEMORY) as cache:
+        url, nar = _upload_file_path(cache, data)
+        a = socket.create_connection(("127.0.0.1", cache.port), timeout=60)
+        a.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        first = a.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200")
+        # A is now stalled with most of the NAR unsent; B must not wait for it.
+        for _ in range(3):
+            status, _, body = cache.request("GET", url)
+            assert status == 200 and body == nar
+            assert cache.request("GET", "/nix-cache-info")[0] == 200
+        # A resumes and gets every byte.
+        received = first
+        while len(received) < len(nar) + first.index(b"\r\n\r\n") + 4:
+            chunk = a.recv(1 << 20)
+            if not chunk:
+                break
+            received += chunk
+        a.close()
+        assert received.partition(b"\r\n\r\n")[2] == nar

@@ -83,11 +83,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _notify_ready(port: int) -> None:
-    """Tell systemd (Type=notify) we are serving, when the ops helper's sdnotify module is there."""
+    """Tell systemd (Type=notify) that we serve: READY=1 on $NOTIFY_SOCKET (a no-op outside systemd)."""
     try:
         from tvixd import sdnotify
-    except ImportError:
+    except ImportError:  # the ops helper's module; the protocol is one datagram, so speak it directly
+        import os
+        import socket
+
+        addr = os.environ.get("NOTIFY_SOCKET")
+        if not addr or addr[0] not in "/@":
+            return
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect("\0" + addr[1:] if addr[0] == "@" else addr)
+            s.sendall(f"READY=1\nSTATUS=serving HTTP on port {port}".encode())
         return
-    notify = getattr(sdnotify, "notify", None)
-    if notify is not None:
-        notify("READY=1")
+    sdnotify.notify(f"READY=1\nSTATUS=serving HTTP on port {port}")
