@@ -41,10 +41,21 @@ def parse_listen_address(addr: str) -> tuple[str, int]:
 
 
 def _make_handler_class() -> type:
+    import socket
+
     from gevent.pywsgi import WSGIHandler
 
     class Handler(WSGIHandler):
         """Log unexpected errors (e.g. a NAR aborted mid-stream) through structlog, not gevent's stderr printer."""
+
+        def handle(self) -> None:
+            # pywsgi sends the headers and the body in two writes: with Nagle's algorithm on, the body
+            # then waits for the client's delayed ACK (40 ms per keep-alive narinfo lookup, measured).
+            try:
+                self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass  # not a TCP socket
+            super().handle()
 
         def _log_error(self, t: Any, v: Any, tb: Any) -> None:
             from greenlet import GreenletExit
