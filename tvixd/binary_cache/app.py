@@ -50,7 +50,7 @@ from tvixd.binary_cache.ingest import ingest_nar
 from tvixd.binary_cache.narinfo import NarInfo, NarInfoError, SigningKey, parse_narinfo, parse_signature
 from tvixd.binary_cache.uploads import PendingNar, PendingUploads, SpoolingPutter
 from tvixd.castore import nixbase32
-from tvixd.castore.storepath import StorePath
+from tvixd.castore.storepath import STORE_DIR, StorePath
 from tvixd.errors import (
     DataLoss,
     FailedPrecondition,
@@ -95,6 +95,10 @@ _STATUS_TEXT = {
     503: "Service Unavailable",
     507: "Insufficient Storage",
 }
+
+
+class _NeedsCalculation(Exception):
+    """Raised by an inline narinfo lookup that would have to render the NAR."""
 
 
 class HttpError(Exception):
@@ -217,6 +221,7 @@ class BinaryCacheApp:
         upload_tmp_dir: str | None = None,
         max_pending_uploads: int = 1024,
         pending_upload_ttl: float = 3600.0,
+        inline_lookups: bool = False,
     ) -> None:
         self.store = store
         self.signing_keys = list(signing_keys)
@@ -226,6 +231,10 @@ class BinaryCacheApp:
         self.zstd_level = zstd_level
         self.upload_tmp_dir = upload_tmp_dir
         self.pending = PendingUploads(max_pending_uploads, pending_upload_ttl)
+        self.inline_lookups = inline_lookups
+        """Answer narinfo lookups on the calling (hub) thread: only for local path info backends (memory,
+        SQLite in WAL mode: a read never waits for a writer), where a lookup takes microseconds and the
+        two thread switches of ``offload`` would cost more than the lookup itself."""
 
     # -- WSGI entry ------------------------------------------------------------------------------
 
@@ -274,7 +283,7 @@ class BinaryCacheApp:
         if path.endswith(".narinfo"):
             m = _NARINFO_RE.match(path)
             digest = _decode_store_hash(m.group(1) if m else None, path)
-            text = self.offload(self.narinfo_text, digest)
+            text = self._lookup_narinfo(digest)
             if text is None:
                 raise HttpError(404, f"no store path with hash {m.group(1)}")
             return self._ok(start_response, text.encode(), "text/x-nix-narinfo", head)
@@ -282,19 +291,27 @@ class BinaryCacheApp:
             return self._get_nar(environ, start_response, path, head)
         raise HttpError(404, f"{path} not found")
 
-    def narinfo_text(self, digest: bytes) -> str | None:
+    def _lookup_narinfo(self, digest: bytes) -> str | None:
+        if self.inline_lookups:
+            try:
+                return self.narinfo_text(digest, may_calculate=False)
+            except _NeedsCalculation:
+                pass  # a PathInfo without NAR size/hash: rendering the NAR is blocking work
+        return self.offload(self.narinfo_text, digest)
+
+    def narinfo_text(self, digest: bytes, may_calculate: bool = True) -> str | None:
         """The .narinfo served for the store path with this 20-byte digest, or None if absent (blocking)."""
         path_info = self.store.path_info.get(digest)
         if path_info is None:
             return None
-        info = self._narinfo_for(path_info)
+        info = self._narinfo_for(path_info, may_calculate)
         for key in self.signing_keys:
             sig = key.sign(info.fingerprint())
             if sig not in info.signatures:
                 info.signatures.append(sig)
         return info.to_text()
 
-    def _narinfo_for(self, path_info: PathInfo) -> NarInfo:
+    def _narinfo_for(self, path_info: PathInfo, may_calculate: bool = True) -> NarInfo:
         root = path_info.node
         kind = root.WhichOneof("node")
         if kind is None:
@@ -302,6 +319,8 @@ class BinaryCacheApp:
         store_path = StorePath.from_basename(getattr(root, kind).name)
         nar_size, nar_sha256 = path_info.narinfo.nar_size, path_info.narinfo.nar_sha256
         if not path_info.HasField("narinfo") or len(nar_sha256) != 32 or not nar_size:
+            if not may_calculate:
+                raise _NeedsCalculation
             nar_size, nar_sha256 = self.store.path_info.calculate_nar(root)
         names = list(path_info.narinfo.reference_names)
         if len(names) != len(path_info.references):
@@ -310,9 +329,9 @@ class BinaryCacheApp:
                 f"{len(names)} reference names: cannot write its narinfo"
             )
         sigs = [f"{s.name}:{base64.b64encode(s.data).decode()}" for s in path_info.narinfo.signatures]
-        return NarInfo(
+        info = NarInfo(
             store_path=store_path,
-            url=f"nar/{nixbase32.encode(store_path.digest)}-{nixbase32.encode(nar_sha256)}.nar",
+            url="",
             compression="none",
             nar_hash=nar_sha256,
             nar_size=nar_size,
@@ -321,6 +340,9 @@ class BinaryCacheApp:
             references=sorted(names),
             signatures=sigs,
         )
+        store_hash = info.absolute_path[len(STORE_DIR) + 1 : len(STORE_DIR) + 33]
+        info.url = f"nar/{store_hash}-{info.nar_hash_text[len('sha256:') :]}.nar"
+        return info
 
     def _plan(self, digest: bytes, nar_sha256: bytes) -> render.NarPlan | None:
         """Look the path up and check its whole NAR can be produced (blocking). None: no such NAR."""

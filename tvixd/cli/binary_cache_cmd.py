@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
             upload_tmp_dir=args.upload_tmp_dir,
             max_pending_uploads=args.max_pending_uploads,
             pending_upload_ttl=args.pending_upload_ttl,
+            inline_lookups=addrs.path_info.split("://", 1)[0] in ("memory", "sqlite"),
         )
         log.info("store opened", blob_service=addrs.blob, directory_service=addrs.directory,
                  path_info_service=addrs.path_info)
