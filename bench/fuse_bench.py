@@ -48,20 +48,39 @@ def tvixd_import(state: Path, path: Path) -> str:
     return out.stdout.decode().strip().removeprefix("/nix/store/")
 
 
+class Mount:
+    """A running mount; ``cpu()`` is the CPU time (user + system, seconds) its process used so far."""
+
+    def __init__(self, path: Path, pid: int) -> None:
+        self.path, self.pid = path, pid
+
+    def cpu(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def timed(self, cmd: list[str]) -> tuple[float, float]:
+        """(wall seconds of ``cmd``, CPU seconds the mount spent meanwhile)."""
+        cpu = self.cpu()
+        wall = run_once(cmd).seconds
+        return wall, self.cpu() - cpu
+
+
 @contextmanager
-def mounted(state: Path, dest: Path) -> Iterator[Path]:
+def mounted(state: Path, dest: Path) -> Iterator[Mount]:
     dest.mkdir(exist_ok=True)
-    proc = subprocess.Popen(
-        [*tvixd_cmd(), "--log-level", "warning", "mount", str(dest), *store_flags(state)],
-        env=tvixd_env(), stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+    log = dest.with_suffix(".log")
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            [*tvixd_cmd(), "--log-format", "json", "mount", str(dest), *store_flags(state)],
+            env=tvixd_env(), stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
-        while not os.path.ismount(dest):
+        while b'"mounted"' not in log.read_bytes():  # READY: after FUSE INIT and the read-ahead tuning
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("tvixd mount did not come up")
+                raise RuntimeError("tvixd mount did not come up: " + log.read_text())
             time.sleep(0.02)
-        yield dest
+        yield Mount(dest, proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         if proc.wait(timeout=60) != 0:
@@ -105,22 +124,29 @@ def main() -> None:
         # Sequential read.
         run_once(["cat", blob_file])  # warm the page cache
         direct = median_time(["cat", blob_file], args.runs)
-        cold, warm = [], []
+        cold, warm, cold_cpu = [], [], []
         for i in range(args.runs):
             with mounted(state, tmp / f"mnt-read-{i}") as mnt:
-                cold.append(run_once(["cat", str(mnt / big_name)]).seconds)
-                warm.append(run_once(["cat", str(mnt / big_name)]).seconds)
-        read_cold, read_warm = statistics.median(cold), statistics.median(warm)
+                wall, cpu = mnt.timed(["cat", str(mnt.path / big_name)])
+                cold.append(wall)
+                cold_cpu.append(cpu)
+                warm.append(run_once(["cat", str(mnt.path / big_name)]).seconds)
+        read_cold, read_warm, read_cpu = statistics.median(cold), statistics.median(warm), statistics.median(cold_cpu)
 
         # find over the tree.
         run_once(["find", str(args.tree)])
         find_orig = median_time(["find", str(args.tree)], args.runs)
-        fcold, fwarm = [], []
+        fcold, fwarm, fcold_cpu, fwarm_cpu = [], [], [], []
         for i in range(args.runs):
             with mounted(state, tmp / f"mnt-find-{i}") as mnt:
-                fcold.append(run_once(["find", str(mnt / tree_name)]).seconds)
-                fwarm.append(run_once(["find", str(mnt / tree_name)]).seconds)
+                wall, cpu = mnt.timed(["find", str(mnt.path / tree_name)])
+                fcold.append(wall)
+                fcold_cpu.append(cpu)
+                wall, cpu = mnt.timed(["find", str(mnt.path / tree_name)])
+                fwarm.append(wall)
+                fwarm_cpu.append(cpu)
         find_cold, find_warm = statistics.median(fcold), statistics.median(fwarm)
+        find_cold_cpu, find_warm_cpu = statistics.median(fcold_cpu), statistics.median(fwarm_cpu)
         entries = sum(1 + len(d) + len(f) for _, d, f in os.walk(args.tree)) - 1
 
     mib = size / 2**20
@@ -128,15 +154,18 @@ def main() -> None:
     def rate(seconds: float) -> str:
         return f"{mib / seconds:.0f} MiB/s"
 
+    def ms(seconds: float) -> str:
+        return f"{seconds * 1000:.0f} ms"
+
     rows_read = [
-        ["`cat` blob file (fs://, page cache)", f"{direct * 1000:.0f} ms", rate(direct), "1.00x"],
-        ["`cat` through fresh mount", f"{read_cold * 1000:.0f} ms", rate(read_cold), f"{direct / read_cold:.2f}x"],
-        ["`cat` again, same mount", f"{read_warm * 1000:.0f} ms", rate(read_warm), f"{direct / read_warm:.2f}x"],
+        ["`cat` blob file (fs://, page cache)", ms(direct), rate(direct), "1.00x", "-"],
+        ["`cat` through fresh mount", ms(read_cold), rate(read_cold), f"{direct / read_cold:.2f}x", ms(read_cpu)],
+        ["`cat` again, same mount (page cache)", ms(read_warm), rate(read_warm), f"{direct / read_warm:.2f}x", "-"],
     ]
     rows_find = [
-        [f"`find {args.tree}`", f"{find_orig * 1000:.0f} ms", "1.00x"],
-        ["`find` through fresh mount", f"{find_cold * 1000:.0f} ms", f"{find_cold / find_orig:.1f}x"],
-        ["`find` again, same mount", f"{find_warm * 1000:.0f} ms", f"{find_warm / find_orig:.1f}x"],
+        [f"`find {args.tree}`", ms(find_orig), "1.00x", "-"],
+        ["`find` through fresh mount", ms(find_cold), f"{find_cold / find_orig:.1f}x", ms(find_cold_cpu)],
+        ["`find` again, same mount", ms(find_warm), f"{find_warm / find_orig:.1f}x", ms(find_warm_cpu)],
     ]
     info = machine_info()
     body = "\n".join([
@@ -148,11 +177,11 @@ def main() -> None:
         "",
         f"Sequential read of one {mib:.0f} MiB file (goal: >= 0.5x the direct throughput):",
         "",
-        markdown_table(["what", "time", "throughput", "vs direct"], rows_read),
+        markdown_table(["what", "time", "throughput", "vs direct", "tvixd CPU"], rows_read),
         "",
         f"`find` over {args.tree} ({entries} entries) (goal: fresh mount within 3x of the original):",
         "",
-        markdown_table(["what", "time", "vs original"], rows_find),
+        markdown_table(["what", "time", "vs original", "tvixd CPU"], rows_find),
     ])  # fmt: skip
     print(body)
     if args.record:

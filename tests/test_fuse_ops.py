@@ -123,3 +123,16 @@ def test_backward_reads_reopen_a_forward_only_reader(store: Store) -> None:
                 return await fs.read(info.fh, 0, 4096)
 
             assert trio.run(small) == BLOB_A
+
+
+def test_small_subtrees_are_fetched_whole(store: Store) -> None:
+    """Looking into a store path populates its whole (small) directory tree with one fetch."""
+    from tvixd.fuse.inodes import DirectoryData
+
+    fs = StoreFS(store)
+    root = call(fs.lookup, ROOT_INO, DIR_COMPLICATED.encode(), None).st_ino
+    keep = call(fs.lookup, root, b"keep", None).st_ino
+    data = fs.inodes.get(keep)
+    assert isinstance(data, DirectoryData) and data.populated
+    assert [bytes(n.name) for _, n in data.children] == [b".keep"]
+    assert call(fs.lookup, root, b"missing", None) == ("errno", errno.ENOENT)

@@ -34,8 +34,9 @@ import trio
 
 from tvixd.blobservice.base import BlobReader
 from tvixd.castore.digest import B3Digest
-from tvixd.castore.directory import AnyNode
+from tvixd.castore.directory import AnyNode, directory_digest
 from tvixd.fuse.inodes import ROOT_INO, DirectoryData, FileData, InodeData, InodeTracker, SymlinkData
+from tvixd.proto.castore_pb2 import Directory
 from tvixd.store import Store
 
 log = structlog.get_logger("tvixd.fuse")
@@ -45,6 +46,9 @@ TTL = 365 * 24 * 3600.0
 
 ROOT_TTL = 1.0
 """Attribute cache lifetime of the mount root itself."""
+
+SUBTREE_FETCH = 20_000
+"""Directories whose whole subtree has at most this many elements are fetched in one go (see _populated)."""
 
 BLKSIZE = 4096
 """st_blksize; the reference's 1024 makes stdio-buffered readers issue tiny reads."""
@@ -189,12 +193,28 @@ class StoreFS(pyfuse3.Operations):
         return data
 
     async def _populated(self, data: InodeData) -> DirectoryData:
-        """``data`` as a populated directory, fetching it from the DirectoryService if still sparse."""
+        """``data`` as a populated directory, fetching it from the DirectoryService if still sparse.
+
+        A small subtree (at most :data:`SUBTREE_FETCH` elements, known from the DirectoryNode's size)
+        is fetched whole with one ``get_recursive``: one worker-thread hop (one RPC for a gRPC store)
+        instead of one per directory. If that fails (e.g. a descendant is missing), only this
+        directory is fetched, so a broken subdirectory gives EIO on itself alone.
+        """
         if not isinstance(data, DirectoryData):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         if data.populated:
             return data
         digest = B3Digest(data.digest)
+        if 0 < data.size <= SUBTREE_FETCH:
+            try:
+                directories = await trio.to_thread.run_sync(self._fetch_subtree, digest, abandon_on_cancel=True)
+            except Exception as e:
+                log.debug("subtree fetch failed, fetching the directory alone", digest=str(digest), error=str(e))
+            else:
+                for sub_digest, directory in directories:
+                    self.inodes.put_directory(sub_digest, directory)
+                if data.populated:
+                    return data
         try:
             directory = await trio.to_thread.run_sync(self.store.directory.get, digest, abandon_on_cancel=True)
         except Exception as e:
@@ -205,6 +225,17 @@ class StoreFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EIO)
         self.inodes.put_directory(digest, directory)
         return data
+
+    def _fetch_subtree(self, digest: B3Digest) -> list[tuple[B3Digest, Directory]]:
+        """Runs in a worker thread: the directory and all its descendants, each with its digest (root first)."""
+        out = []
+        seen: set[bytes] = set()
+        for directory in self.store.directory.get_recursive(digest):
+            sub_digest = directory_digest(directory)
+            if sub_digest not in seen:
+                seen.add(sub_digest)
+                out.append((sub_digest, directory))
+        return out
 
     # -- lookups and attributes -----------------------------------------------------------------------------
 
