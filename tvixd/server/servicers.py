@@ -34,7 +34,7 @@ from tvixd.server.codec import Chunk, decode_blob_chunk, serialize_blob_chunk
 from tvixd.server.status import code_for
 from tvixd.store import Store
 
-READ_CHUNK_SIZE = 256 * 1024
+READ_CHUNK_SIZE = 512 * 1024
 """Bytes per BlobChunk in Blob Read. Measured (bench/grpc_bench.py --read-chunk-sizes, 256 MiB blob,
 fs backend, loopback): see the table in BENCHMARKS.md; 4 KiB (the reference) is ~10x slower."""
 
