@@ -132,7 +132,7 @@ def test_blob_stat_include_bao_unimplemented(blobs):
 def test_blob_read_chunking(blobs):
     """Chunks concatenate to the blob, none empty, none over the chunk size; more than one for a big blob."""
     data = os.urandom(3 * READ_CHUNK_SIZE + 12345)
-    digest = put_blob(blobs, data)
+    digest = blobs.Put(BlobChunk(data=data[i : i + 65536]) for i in range(0, len(data), 65536)).digest
     chunks = [c.data for c in blobs.Read(ReadBlobRequest(digest=digest))]
     assert b"".join(chunks) == data
     assert all(0 < len(c) <= READ_CHUNK_SIZE for c in chunks)
