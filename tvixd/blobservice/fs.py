@@ -19,13 +19,15 @@ content no longer hashes to the name. After a seek to anywhere but the current
 position, that reader no longer verifies (random access, e.g. FUSE, cannot be
 verified without reading the whole blob); a full sequential read always is.
 
-Throughput: one fsync per blob costs about 2,800 small files/s from one
-thread on an idle machine of this kind (2 cores, virtio disk); we pay a file
-fsync plus a directory fsync per blob. fsync releases the GIL, so writers in a
-thread pool overlap their syncs (the importer writes from several threads).
-Measured with ``bench/blob_fs_write.py --count 2000`` (4 KiB blobs) while
-other jobs kept the load average near 7, so the spread is wide: 1 thread
-210-820 blobs/s, 4 threads 320-930/s, 16 threads 380-850/s.
+Throughput: durability costs a file fsync, a rename and a directory fsync
+per blob. fsync releases the GIL, so writers in a thread pool overlap their
+syncs (the importer should write from several threads). Measured with
+``python bench/blob_fs_write.py --count 1000 --rounds 3`` (4 KiB blobs,
+medians) on the 2-core test VM while other jobs kept the load average at 7-12,
+which made every fsync slow: tvixd 69 blobs/s with 1 thread, 421/s with 4,
+350/s with 8, 348/s with 16 — 0.69-0.77x of a bare "write, fsync file, fsync
+dir" loop run interleaved with it (93 / 550 / 463 / 506 files/s). On the idle
+machine one thread fsyncs about 2,800 files/s; see BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from __future__ import annotations
 import errno
 import io
 import os
-import tempfile
+import secrets
 import threading
 import time
 
@@ -165,10 +167,13 @@ class _FsBlobWriter(BlobWriter):
 
     def _open_tmp(self) -> io.BufferedWriter:
         tmp_dir = self._service.tmp_dir
+        path = os.path.join(tmp_dir, f"blob-{os.getpid()}-{secrets.token_hex(8)}.tmp")
         try:
-            fd, self._tmp_path = tempfile.mkstemp(dir=tmp_dir, prefix="blob-", suffix=".tmp")
+            # Created read-only (blobs are immutable); the descriptor itself is writable.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
         except OSError as e:
             raise _os_error(e, "create a temp file in", tmp_dir) from e
+        self._tmp_path = path
         self._file = open(fd, "wb", buffering=WRITE_BUFFER)  # closed in close/abort
         return self._file
 
