@@ -124,7 +124,7 @@ def test_putter_all_or_nothing(directory_service):
         putter.put(bad)
     with pytest.raises(InvalidRequest):  # poisoned: further puts and close raise the same error
         putter.put(DIRECTORY_A)
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(InvalidRequest, match="not sorted"):
         putter.close()
     assert directory_service.get(DIRECTORY_WITH_KEEP_DIGEST) is None
     assert directory_service.get(DIRECTORY_COMPLICATED_DIGEST) is None
@@ -417,3 +417,32 @@ def test_from_addr_sqlite_temporary_valid(addr):
     svc = from_addr(addr)
     assert svc.get(DIRECTORY_A_DIGEST) is None
     svc.close()
+
+
+def test_sqlite_close_retryable_after_lock(tmp_path):
+    """A commit that failed Unavailable stored nothing; the same putter can close again later."""
+    import sqlite3
+
+    from tvixd.directoryservice.sqlite import SqliteDirectoryService
+    from tvixd.errors import Unavailable
+
+    path = str(tmp_path / "store.sqlite")
+    svc = SqliteDirectoryService(path, busy_timeout=0.05)
+    putter = svc.put_multiple_start()
+    putter.put(DIRECTORY_WITH_KEEP)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(Unavailable):
+            putter.close()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert putter.close() == DIRECTORY_WITH_KEEP_DIGEST
+    assert svc.get(DIRECTORY_WITH_KEEP_DIGEST) == DIRECTORY_WITH_KEEP
+    svc.close()
+
+
+def test_traverse_to_bytes_path(directory_service):
+    put_all(directory_service, DIRECTORY_WITH_KEEP, DIRECTORY_COMPLICATED)
+    assert traverse_to(directory_service, ROOT_NODE, b"/keep/.keep") == FileNode(name=b".keep", digest=EMPTY_DIGEST)

@@ -74,17 +74,17 @@ class ValidatingPutter(DirectoryPutter):
     def close(self) -> B3Digest:
         if self._root is not None:
             return self._root
-        if self._done:
-            raise AlreadyClosed("directory putter was aborted or previously closed with an error")
         if self._error is not None:
-            self._done = True
-            raise self._error
+            raise self._error  # poisoned: every close raises the put's error
+        if self._done:
+            raise AlreadyClosed("directory putter was aborted")
         if self._last is None:
-            self._done = True
             raise InvalidRequest("no directories sent, can't show root digest")
+        # If the commit fails (e.g. Unavailable: the database stayed locked), nothing was stored
+        # and the putter keeps its directories, so close() may simply be called again.
+        self._commit(self._pending)
+        self._pending = {}
         self._done = True
-        pending, self._pending = self._pending, {}
-        self._commit(pending)
         self._root = self._last
         return self._root
 

@@ -12,18 +12,19 @@ from tvixd.errors import NotFound
 from tvixd.proto.castore_pb2 import Directory, DirectoryNode
 
 
-def _components(path: str) -> list[bytes]:
+def _components(path: str | bytes) -> list[bytes]:
     """Split like Rust's ``Path::components``: empty and interior ``.`` parts vanish, a leading ``.`` stays.
 
     ``..`` stays literal too; neither ever matches a valid child name.
     """
-    if path.startswith("/"):
-        path = path[1:]
-    parts = path.encode("utf-8", "surrogateescape").split(b"/")
+    raw = path if isinstance(path, bytes) else path.encode("utf-8", "surrogateescape")
+    if raw.startswith(b"/"):
+        raw = raw[1:]
+    parts = raw.split(b"/")
     return [p for i, p in enumerate(parts) if p and not (p == b"." and i > 0)]
 
 
-def traverse_to(directory_service: DirectoryService, node: AnyNode, path: str) -> AnyNode | None:
+def traverse_to(directory_service: DirectoryService, node: AnyNode, path: str | bytes) -> AnyNode | None:
     """The node at ``path`` below ``node`` (no components → ``node`` itself), or ``None``.
 
     Symlinks are not followed; a component below a file or symlink gives ``None``.
