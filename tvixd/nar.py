@@ -84,8 +84,22 @@ class _Renderer:
             w = self.writer
             try:
                 w.file_start(node.size, node.executable)
-                while chunk := reader.read(BLOB_CHUNK):
-                    w.file_chunk(chunk)
+                if reader.size is None:
+                    while chunk := reader.read(BLOB_CHUNK):
+                        w.file_chunk(chunk)
+                else:
+                    # Size known: ask for exactly what is left (no final empty read per file); the read
+                    # that reaches the end is the one a verifying reader checks. An empty blob gets one
+                    # read so it is checked too.
+                    remaining = node.size
+                    while remaining:
+                        chunk = reader.read(min(BLOB_CHUNK, remaining))
+                        if not chunk:
+                            raise DataLoss(f"blob {digest} (entry {node.name!r}) ended {remaining} bytes early")
+                        w.file_chunk(chunk)
+                        remaining -= len(chunk)
+                    if not node.size:
+                        reader.read(1)
                 w.file_end()
             except NarSizeError as e:
                 raise DataLoss(f"entry {node.name!r} (blob {digest}): {e}") from e
