@@ -34,6 +34,7 @@ SAMPLES = {
     "log.access_log": (True, "no", True),
     "limits.max_concurrent_rpcs": (10, "20", 30),
     "metrics.listen_address": ("localhost:9101", "127.0.0.1:9102", "[::1]:9103"),
+    "metrics.store_stats_interval": (5.0, "0", 120.0),
     "binary_cache.listen_address": ("localhost:9001", "localhost:9002", "localhost:9003"),
     "binary_cache.signing_key": (["/f/k1", "/f/k2"], "/e/k1,/e/k2", ["/a/k"]),
     "binary_cache.priority": (10, "20", 30),

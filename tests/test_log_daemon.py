@@ -29,7 +29,8 @@ def store_args() -> list[str]:
 def test_stderr_is_json_lines_with_one_access_line_per_rpc(tmp_path: Path):
     blob = b"some bytes " * 1000
     digest = blake3.blake3(blob).digest()
-    with start_daemon(tmp_path, "--metrics-listen-address", "127.0.0.1:0", *store_args()) as daemon:
+    with start_daemon(tmp_path, "--metrics-listen-address", "127.0.0.1:0", *store_args(),
+                      env={"TVIXD_METRICS_STORE_STATS_INTERVAL": "0"}) as daemon:
         with grpc.insecure_channel(daemon.target) as channel:
             stub = BlobServiceStub(channel)
             put = stub.Put(iter([pb.BlobChunk(data=blob)]), metadata=[("x-request-id", "test-put-1")])
@@ -91,7 +92,7 @@ def test_nothing_on_stdout(tmp_path: Path):
             break
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0 and out == b""
+    assert proc.returncode == 0 and out == b"", (proc.returncode, out, err)
     assert all(json.loads(line) for line in err.splitlines())
 
 

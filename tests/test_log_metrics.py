@@ -40,7 +40,7 @@ def test_scrape_after_calls(tmp_path: Path):
     with ExitStack() as stack:
         store = Store.open(StoreAddrs(blob=f"fs://{tmp_path / 'blobs'}", directory="memory://", path_info="memory://"))
         stack.callback(store.close)
-        metrics = Metrics(store, cache_seconds=0)
+        metrics = Metrics(store, store_stats_interval=0)
         server, bound = metrics.serve("127.0.0.1:0")
         stack.callback(server.shutdown)
         url = serve_in_process(stack, store, interceptors=[ObservingInterceptor(access_log=False,
@@ -87,21 +87,22 @@ def test_store_gauges_are_cached(tmp_path: Path):
     with ExitStack() as stack:
         store = Store.open(StoreAddrs(blob="memory://", directory="memory://", path_info="memory://"))
         stack.callback(store.close)
-        metrics = Metrics(store, cache_seconds=3600)
+        metrics = Metrics(store, store_stats_interval=3600)
+        stack.callback(metrics.store_collector.close)
         server, bound = metrics.serve("127.0.0.1:0")
         stack.callback(server.shutdown)
         assert sample(scrape(bound), "tvixd_store_blobs") == 0
         w = store.blob.open_write()
         w.write(b"new")
         w.close()
-        assert sample(scrape(bound), "tvixd_store_blobs") == 0  # within cache_seconds: not recomputed
+        assert sample(scrape(bound), "tvixd_store_blobs") == 0  # within the interval: not recomputed
         assert sample(scrape_registry(store), "tvixd_store_blobs") == 1  # a fresh computation sees it
 
 
 def scrape_registry(store: Store) -> dict:
     from prometheus_client import generate_latest
 
-    text = generate_latest(Metrics(store, cache_seconds=0).registry).decode()
+    text = generate_latest(Metrics(store, store_stats_interval=0).registry).decode()
     return {(s.name, frozenset(s.labels.items())): s.value
             for f in text_string_to_metric_families(text) for s in f.samples}
 

@@ -172,6 +172,8 @@ class MetricsSection:
 
     listen_address: str | None = key(None, "host:port for GET /metrics, e.g. localhost:9100; unset = off",
                                      dest="metrics_listen_address", check=_listen_check(unix=False))
+    store_stats_interval: float = key(60.0, "seconds between recomputations of the store gauges (blob count "
+                                      "walks the blob directory); 0 = on every scrape", check=_at_least(0))
 
 
 @dataclass

@@ -6,12 +6,12 @@ go-grpc-prometheus (``grpc_server_handled_total{grpc_service,grpc_method,grpc_co
 existing dashboards work; byte counters are ours (``tvixd_grpc_server_*_bytes_total``).
 
 Store gauges (``tvixd_store_blobs``, ``tvixd_store_blob_bytes``, ``tvixd_store_directories``,
-``tvixd_store_path_infos``) are computed when scraped and cached for ``cache_seconds``: a service
+``tvixd_store_path_infos``) are recomputed every ``[metrics] store_stats_interval`` seconds: a service
 may offer ``stats() -> dict`` (``count``, and ``bytes`` for blobs); the ``fs://`` blob directory is
 walked (scandir, no reads); memory backends are counted; SQLite backends are counted with one
 ``SELECT count(*)`` on their file (tables ``directories``, ``path_infos`` of :mod:`tvixd.sqlite`).
 Remote (``grpc+``) services have no gauges. How long the last
-computation took is itself a gauge, so an expensive walk is visible.
+computation took, and when, are gauges too, so an expensive walk is visible.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def _split(method: str) -> tuple[str, str]:
 class Metrics(Observer):
     """The daemon's metrics in their own registry (only what tvixd reports, plus process stats)."""
 
-    def __init__(self, store: Any = None, cache_seconds: float = 30.0) -> None:
+    def __init__(self, store: Any = None, store_stats_interval: float = 60.0) -> None:
         from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 
         self.registry = CollectorRegistry()
@@ -63,22 +63,41 @@ class Metrics(Observer):
         self.bytes_sent = Counter("tvixd_grpc_server_sent_bytes", "Serialized response bytes sent.", labels,
                                   registry=r)
         self.in_flight = Gauge("tvixd_grpc_server_in_flight", "RPCs currently being handled.", registry=r)
+        self._by_method: dict[str, tuple[Any, ...]] = {}
+        self._handled: dict[tuple[str, Any], Any] = {}
+        self.store_collector: StoreCollector | None = None
         if store is not None:
-            r.register(StoreCollector(store, cache_seconds))
+            self.store_collector = StoreCollector(store, store_stats_interval)
+            r.register(self.store_collector)
+
+    def _children(self, method: str) -> tuple[Any, ...]:
+        """The per-method metric children, looked up once per method (``labels()`` costs a lock + dict)."""
+        children = self._by_method.get(method)
+        if children is None:
+            labels = _split(method)
+            children = (self.started_total.labels(*labels), self.handling_seconds.labels(*labels),
+                        self.msg_received.labels(*labels), self.msg_sent.labels(*labels),
+                        self.bytes_received.labels(*labels), self.bytes_sent.labels(*labels), labels)
+            self._by_method[method] = children
+        return children
 
     def started(self, call: CallRecord) -> None:
-        self.started_total.labels(*_split(call.method)).inc()
+        self._children(call.method)[0].inc()
         self.in_flight.inc()
 
     def finished(self, call: CallRecord) -> None:
-        labels = _split(call.method)
+        _, seconds, msg_in, msg_out, bytes_in, bytes_out, labels = self._children(call.method)
         self.in_flight.dec()
-        self.handled_total.labels(*labels, call.code.name).inc()
-        self.handling_seconds.labels(*labels).observe(call.duration)
-        self.msg_received.labels(*labels).inc(call.messages_in)
-        self.msg_sent.labels(*labels).inc(call.messages_out)
-        self.bytes_received.labels(*labels).inc(call.bytes_in)
-        self.bytes_sent.labels(*labels).inc(call.bytes_out)
+        key = (call.method, call.code)
+        handled = self._handled.get(key)
+        if handled is None:
+            handled = self._handled[key] = self.handled_total.labels(*labels, call.code.name)
+        handled.inc()
+        seconds.observe(call.duration)
+        msg_in.inc(call.messages_in)
+        msg_out.inc(call.messages_out)
+        bytes_in.inc(call.bytes_in)
+        bytes_out.inc(call.bytes_out)
 
     def serve(self, address: str) -> tuple[Any, str]:
         """Serve ``GET /metrics`` on ``host:port`` in a daemon thread; returns (server, bound host:port).
@@ -162,14 +181,39 @@ def service_stats(service: Any, kind: str) -> dict[str, int] | None:
 
 
 class StoreCollector(Collector):
-    """The store gauges, recomputed at most every ``cache_seconds`` (on the scrape that needs them)."""
+    """The store gauges, recomputed every ``interval`` seconds in a background thread (0: on every scrape).
 
-    def __init__(self, store: Any, cache_seconds: float) -> None:
+    Counting can be slow on a big store (the ``fs://`` walk stats every blob: ~25 µs per blob here,
+    see BENCHMARKS.md), so scrapes never wait for it except for the very first computation.
+    """
+
+    def __init__(self, store: Any, interval: float) -> None:
         self.store = store
-        self.cache_seconds = cache_seconds
+        self.interval = interval
         self._lock = threading.Lock()
-        self._at = -1e18
-        self._families: list[GaugeMetricFamily] = []
+        self._families: list[GaugeMetricFamily] | None = None
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        if interval > 0:
+            threading.Thread(target=self._loop, name="store-stats", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                families = self._compute()
+            except Exception as e:  # a failing count must not kill the thread: log, keep the old values
+                import structlog
+
+                structlog.get_logger("tvixd.metrics").warning("store gauges failed", error=str(e))
+            else:
+                with self._lock:
+                    self._families = families
+            self._ready.set()
+            if self._stop.wait(self.interval):
+                return
+
+    def close(self) -> None:
+        self._stop.set()
 
     def _compute(self) -> list[GaugeMetricFamily]:
         start = time.perf_counter()
@@ -189,15 +233,17 @@ class StoreCollector(Collector):
                                          value=path_info["count"]))
         out.append(GaugeMetricFamily("tvixd_store_stats_duration_seconds",
                                      "How long computing the store gauges took.", value=time.perf_counter() - start))
+        out.append(GaugeMetricFamily("tvixd_store_stats_timestamp_seconds",
+                                     "When the store gauges were computed (Unix time).", value=time.time()))
         return out
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        if self.interval <= 0:
+            yield from self._compute()
+            return
+        self._ready.wait(30)
         with self._lock:
-            now = time.monotonic()
-            if now - self._at >= self.cache_seconds:
-                self._families = self._compute()
-                self._at = now
-            families = list(self._families)
+            families = list(self._families or ())
         yield from families
 
     def describe(self) -> list[Any]:

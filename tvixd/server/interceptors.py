@@ -171,13 +171,14 @@ class DaemonObservability:
         from tvixd.errors import TvixError
 
         self.metrics_server: Any = None
+        self.metrics: Any = None
         self.metrics_address: str | None = None
         observers: tuple[Observer, ...] = ()
         address = cfg.metrics.listen_address
         if address:
             from tvixd.metrics import Metrics
 
-            metrics = Metrics(store)
+            metrics = Metrics(store, store_stats_interval=cfg.metrics.store_stats_interval)
             try:
                 self.metrics_server, self.metrics_address = metrics.serve(address)
             except OSError as e:
@@ -185,9 +186,12 @@ class DaemonObservability:
             structlog.get_logger("tvixd.metrics").info(
                 "metrics listening", address=self.metrics_address, url=f"http://{self.metrics_address}/metrics")
             observers = (metrics,)
+            self.metrics = metrics
         self.interceptors = [ObservingInterceptor(access_log=cfg.log.access_log, observers=observers)]
 
     def close(self) -> None:
+        if self.metrics is not None and self.metrics.store_collector is not None:
+            self.metrics.store_collector.close()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
