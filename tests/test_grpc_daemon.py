@@ -424,3 +424,57 @@ def test_unreachable_daemon_is_one_line(tmp_path):
     assert len(lines) == 1, lines
     assert f"no tvixd daemon reachable at {addr}" in lines[0]
     assert "--blob-service-addr fs://" in lines[0] and "BLOB_SERVICE_ADDR" in lines[0]
+
+
+# --- embedded default store, import through the daemon, health while draining ---------------------------
+
+
+def test_default_store_is_embedded_in_a_fresh_0700_state_dir(tmp_path):
+    state = tmp_path / "fresh" / "state"
+    with start_daemon(tmp_path, env={"STATE_DIRECTORY": str(state)}) as d:
+        listening = wait_for_log(d, "listening")
+        assert listening["blob_service"] == f"fs://{state / 'blobs'}"
+        assert listening["directory_service"] == listening["path_info_service"] == f"sqlite://{state / 'store.sqlite'}"
+        assert (state.stat().st_mode & 0o777) == 0o700
+        from tvixd.blobservice.grpc import from_url
+
+        client = from_url(d.addr)
+        try:
+            w = client.open_write()
+            w.write(b"durable")
+            digest = w.close()
+        finally:
+            client.close()
+        assert (state / "blobs" / digest.hex()[:2] / digest.hex()[2:]).read_bytes() == b"durable"
+
+
+def test_import_through_the_daemon_gives_the_embedded_store_paths(tmp_path):
+    tree = tmp_path / "tree"
+    (tree / "a" / "b").mkdir(parents=True)
+    for i in range(40):  # enough files for the importer's concurrent blob uploads to overlap
+        (tree / "a" / f"f{i}").write_bytes(os.urandom(i * 997))
+    (tree / "a" / "b" / "x").write_bytes(b"x")
+    (tree / "single").write_bytes(b"single file")
+    db = f"sqlite://{tmp_path / 'emb' / 'store.sqlite'}"
+    embedded = ("--blob-service-addr", f"fs://{tmp_path / 'emb' / 'blobs'}", "--directory-service-addr", db,
+                "--path-info-service-addr", db)
+    r = run_tvixd("import", str(tree), str(tree / "single"), *embedded)
+    assert r.returncode == 0, r.stderr.decode()
+    with start_daemon(tmp_path / "d") as d:
+        via = ("--blob-service-addr", d.addr, "--directory-service-addr", d.addr, "--path-info-service-addr", d.addr)
+        r2 = run_tvixd("import", str(tree), str(tree / "single"), *via)
+        assert r2.returncode == 0, r2.stderr.decode()
+        assert r2.stdout == r.stdout and len(r.stdout.split()) == 2
+        for store_path in r.stdout.decode().split():
+            nar = run_tvixd("dump-path", store_path, *via).stdout
+            assert nar == run_tvixd("dump-path", store_path, *embedded).stdout
+
+
+def test_health_watch_sees_not_serving_while_draining(tmp_path):
+    with start_daemon(tmp_path, *MEMORY, "--shutdown-grace", "30") as d, grpc.insecure_channel(d.target) as ch:
+        watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service=""))
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        d.proc.send_signal(signal.SIGTERM)
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        watch.cancel()  # the watch is an in-flight call: ending it lets the drain finish early
+        assert d.proc.wait(timeout=60) == 0

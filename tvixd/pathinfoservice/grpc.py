@@ -74,9 +74,17 @@ class GrpcPathInfoService(PathInfoService):
         return response.nar_size, response.nar_sha256
 
     def list(self) -> Iterator[PathInfo]:
+        """Every PathInfo of the remote store, each validated (SPEC §2.4): a bad one is ``DataLoss``."""
+        from tvixd.castore.pathinfo import validate_path_info
+
         call = self._stubs()[3](ListPathInfoRequest())
         try:
-            yield from call
+            for path_info in call:
+                try:
+                    validate_path_info(path_info)
+                except errors.InvalidRequest as e:
+                    raise errors.DataLoss(f"{self.url}: listed PathInfo failed validation: {e}") from None
+                yield path_info
         except grpc.RpcError as e:
             raise self._channel.error(e) from None
         finally:
