@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tvixd.blobservice.base import BlobService
-from tvixd.directoryservice.base import DirectoryService
 from tvixd.errors import TvixError
-from tvixd.pathinfoservice.base import PathInfoService
+
+if TYPE_CHECKING:  # the service ABCs pull in protobuf and blake3: not at start-up (`tvixd --help`)
+    from tvixd.blobservice.base import BlobService
+    from tvixd.directoryservice.base import DirectoryService
+    from tvixd.pathinfoservice.base import PathInfoService
 
 DAEMON_ADDR = "grpc+http://[::1]:8000"
 """Where the client commands (import, dump-path, ...) find the daemon by default."""

@@ -1,0 +1,7 @@
+"""``python -m bench [--quick] [--only AREA,...]``: every benchmark against its reference (see bench/runner.py)."""
+
+import sys
+
+from bench.runner import main
+
+sys.exit(main())
