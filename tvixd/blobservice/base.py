@@ -26,7 +26,10 @@ class BlobReader(io.RawIOBase):
       blob instead (the FUSE layer does).
     - Backends that verify content raise :class:`tvixd.errors.DataLoss` from
       ``read`` when the bytes turn out not to hash to the digest: never return
-      the final bytes of a corrupt blob without raising.
+      the final bytes of a corrupt blob without raising. Verification covers
+      reads that run sequentially from offset 0; after a seek elsewhere a
+      reader may stop verifying (fs:// does: random access can't be checked
+      without reading the whole blob).
     - ``size`` is the blob's length in bytes when the backend knows it cheaply,
       else ``None``.
     """

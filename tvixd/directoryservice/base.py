@@ -31,7 +31,8 @@ class DirectoryPutter(ABC):
     - ``close()`` commits every directory sent in one transaction and returns
       the digest of the *last* one sent (the root). No directories →
       ``InvalidRequest("no directories sent")``. Closing again returns the same
-      digest.
+      digest. If the commit itself fails (e.g. ``Unavailable``: the database
+      stayed locked), nothing was stored and ``close()`` may be called again.
     - ``abort()`` discards everything; nothing becomes visible.
     - ``put`` after ``close``/``abort`` raises :class:`tvixd.errors.AlreadyClosed`.
     - As a context manager an exception inside the block aborts.
