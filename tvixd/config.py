@@ -16,10 +16,9 @@ argparse ``dest`` of the flag that overrides it. Adding a key is adding one fiel
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import functools
 import os
 import re
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -229,7 +228,8 @@ class KeySpec:
         return "--" + self.dest.replace("_", "-")
 
 
-def schema() -> list[KeySpec]:
+@functools.cache
+def schema() -> tuple[KeySpec, ...]:
     """Every key of every section, in documentation order."""
     out = []
     for section, cls in SECTIONS.items():
@@ -240,7 +240,7 @@ def schema() -> list[KeySpec]:
             out.append(KeySpec(section, f.name, hints[f.name], default, m["help"],
                                m["env"] or f"TVIXD_{section}_{f.name}".upper(), m["dest"] or f.name,
                                m["check"], m["one_or_many"]))
-    return out
+    return tuple(out)
 
 
 def schema_by_dotted() -> dict[str, KeySpec]:
@@ -390,6 +390,9 @@ def _where(path: Path, text: str, section: str | None, name: str | None) -> str:
 
 def read_file(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Parse and type-check a config file: ``(values by section, source text by dotted key)``."""
+    import difflib  # here, not at the top: start-up time of every command matters
+    import tomllib
+
     try:
         data = path.read_bytes()
     except OSError as e:
