@@ -21,7 +21,9 @@ Directories become Directory messages once the blob digests of their files are
 known; completed directories wait in a FIFO (post-order: leaves first, root last)
 and go to one putter as their files finish. At the end the blob batch is
 committed, then the putter is closed and its root digest checked, then the
-PathInfo is put. A killed import therefore leaves nothing visible: only temp files,
+PathInfo is put. A killed import therefore leaves no directory or path info
+visible, and no blob either unless it had passed an intermediate commit (every
+``COMMIT_EVERY`` files; such blobs are complete and verified): only temp files,
 which the blob service cleans up like any abandoned write.
 """
 
