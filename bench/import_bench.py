@@ -18,9 +18,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -75,15 +78,43 @@ def nix_add(store: Path, path: Path) -> list[str]:
     ]  # fmt: skip
 
 
+@dataclass
+class CpuSample:
+    """One run: wall seconds, CPU seconds (user + system, less sensitive to a busy machine), peak RSS."""
+
+    seconds: float
+    cpu: float
+    peak_rss_mib: float
+
+
+class Runs(Measurement):
+    """Samples with CPU time; medians of wall and CPU time."""
+
+    @property
+    def median_cpu(self) -> float:
+        return statistics.median(s.cpu for s in self.samples)
+
+
+def run_cpu(cmd: list[str], env: dict[str, str]) -> CpuSample:
+    """Run ``cmd``; fail loudly on a non-zero exit."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.read().decode(errors='replace')[-2000:]}")
+    return CpuSample(elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+
+
 def interleaved(cases: dict[str, tuple[list[str], dict[str, str]]], runs: int, before_each=None) -> dict:
     """Run each case once per round, alternating, so load changes hit every case alike."""
-    results = {name: Measurement() for name in cases}
+    results = {name: Runs() for name in cases}
     for _ in range(runs):
         for name, (cmd, env) in cases.items():
             if before_each is not None:
                 before_each()
             os.sync()  # the clean-up's writeback must not bleed into the timed run
-            results[name].samples.append(run_once(cmd, env=env))
+            results[name].samples.append(run_cpu(cmd, env))
     return results
 
 
@@ -140,7 +171,8 @@ def main() -> None:
         for label, ours, ref in compare(work, tree, args.runs, env_nix):
             rows.append(
                 [label, f"{ours.median_s:.2f} s", f"{ref.median_s:.2f} s", fmt_ratio(ours.median_s, ref.median_s),
-                 f"{ours.peak_rss_mib:.0f} MiB", f"{ref.peak_rss_mib:.0f} MiB"]
+                 f"{ours.median_cpu:.2f} / {ref.median_cpu:.2f} s", f"{ours.peak_rss_mib:.0f} MiB",
+                 f"{ref.peak_rss_mib:.0f} MiB"]
             )  # fmt: skip
             print(rows[-1], flush=True)
         if args.big_mib:
@@ -167,14 +199,15 @@ def main() -> None:
             ours, ref = got["ours"], got["nix"]
             rows.append(
                 [f"import one {args.big_mib} MiB file", f"{ours.median_s:.2f} s", f"{ref.median_s:.2f} s",
-                 fmt_ratio(ours.median_s, ref.median_s), f"{ours.peak_rss_mib:.0f} MiB", f"{ref.peak_rss_mib:.0f} MiB"]
+                 fmt_ratio(ours.median_s, ref.median_s), f"{ours.median_cpu:.2f} / {ref.median_cpu:.2f} s",
+                 f"{ours.peak_rss_mib:.0f} MiB", f"{ref.peak_rss_mib:.0f} MiB"]
             )  # fmt: skip
             print(rows[-1], flush=True)
     finally:
         _rmtree(work)
 
     info = machine_info()
-    table = markdown_table(["case", "tvixd", "nix", "ratio", "tvixd peak RSS", "nix peak RSS"], rows)
+    table = markdown_table(["case", "tvixd", "nix", "ratio", "CPU tvixd / nix", "tvixd peak RSS", "nix peak RSS"], rows)
     body = (
         f"## import / dump-path vs Nix (`bench/import_bench.py`)\n\n"
         f"Tree `{args.tree}`: {files} files, {size / 1e6:.0f} MB; median of {args.runs} runs "
