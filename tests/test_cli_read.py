@@ -119,3 +119,31 @@ def test_dump_path_to_closed_pipe_is_quiet(tmp_path):
     err = proc.stderr.read()
     proc.wait()
     assert b"Traceback" not in err
+
+
+def test_path_info_json_references(tmp_path):
+    """References are printed as absolute store paths, in order (a PathInfo put directly, as a daemon client would)."""
+    from tests.nix import store_addrs
+    from tvixd.castore.storepath import StorePath
+    from tvixd.proto.castore_pb2 import FileNode
+    from tvixd.proto.pathinfo_pb2 import NARInfo, Node, PathInfo
+    from tvixd.store import Store
+
+    (tmp_path / "root").write_bytes(b"Hello World!")
+    assert run_tvixd("import", *store_args(tmp_path), str(tmp_path / "root")).returncode == 0
+    refs = [HELLO_PATH, "/nix/store/v3r2js24npzm0ikvgyfbhnjgh2a96k1w-doesntmatter"]
+    me = "/nix/store/pdbhxvljzqwghdmjwsp13ml8qxhyb5bs-withrefs"
+    with Store.open(store_addrs("embedded", tmp_path)) as store:
+        hello = store.path_info.get(StorePath.from_absolute_path(HELLO_PATH).digest)
+        store.path_info.put(
+            PathInfo(
+                node=Node(file=FileNode(name=me.removeprefix("/nix/store/").encode(), digest=hello.node.file.digest,
+                                        size=12)),
+                references=[StorePath.from_absolute_path(r).digest for r in refs],
+                narinfo=NARInfo(nar_size=128, nar_sha256=hello.narinfo.nar_sha256,
+                                reference_names=[r.removeprefix("/nix/store/") for r in refs]),
+            )
+        )  # fmt: skip
+    [info] = json.loads(tvixd(tmp_path, "path-info", "--json", me).stdout)
+    assert info["references"] == refs
+    assert info["narSize"] == 128
