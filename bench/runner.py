@@ -116,7 +116,7 @@ def make_config(quick: bool, runs: int | None, work: Path) -> Config:
     trees = [t for t in (Path("/usr/share/doc"), python_lib) if t.is_dir()]
     if quick:
         return Config(quick=True, runs=runs or 3, work=work, trees=trees, small_files=5_000, big_mib=128,
-                      grpc_mib=128, stat_seconds=2.0, daemon_tree=python_lib, fuse_mib=128, cache_mib=32,
+                      grpc_mib=128, stat_seconds=2.0, daemon_tree=python_lib, fuse_mib=128, cache_mib=100,
                       lookups=500)  # fmt: skip
     return Config(quick=False, runs=runs or 5, work=work, trees=trees)
 
