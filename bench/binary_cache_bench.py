@@ -8,11 +8,10 @@ subprocess on 127.0.0.1.
 - narinfo: sequential GET /<hash>.narinfo over one keep-alive connection
   (as Nix's curl does), p50 and p99; a signing key is configured, so every
   response carries a fresh ed25519 signature.
-- NAR: GET of the NAR, warm (the tree was read once before), read with
-  ``recv_into`` into a reused buffer so the client is not the bottleneck;
-  median MiB/s of several runs, compared with `nix-store --dump TREE >/dev/null`
+- NAR: GET of the NAR by curl (libcurl, as Nix), warm (the tree was read
+  once before); median MiB/s of several runs, compared with `nix-store --dump TREE >/dev/null`
   of the same tree (warm) in the same run.
-- parallel: two NAR downloads at once, aggregate MiB/s.
+- parallel: two curl downloads at once, aggregate MiB/s.
 
 Run: python bench/binary_cache_bench.py [--size-mib 100] [--runs 5] [--lookups 2000] [--no-write]
 """
@@ -26,12 +25,10 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -87,6 +84,12 @@ def _listening_port(pid: int) -> int | None:
     return None
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def narinfo_latencies(port: int, hash_part: str, n: int) -> list[float]:
     conn = http.client.HTTPConnection("127.0.0.1", port)
     times = []
@@ -102,24 +105,26 @@ def narinfo_latencies(port: int, hash_part: str, n: int) -> list[float]:
 
 
 def download(port: int, url: str) -> tuple[int, float]:
-    """(bytes, seconds) of one GET, body read with recv_into into a reused 4 MiB buffer."""
-    buf = memoryview(bytearray(4 << 20))
-    t = time.perf_counter()
-    with socket.create_connection(("127.0.0.1", port)) as s:
-        s.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += s.recv(65536)
-        header, _, rest = head.partition(b"\r\n\r\n")
-        length = int(next(line.split(b":")[1] for line in header.split(b"\r\n")
-                          if line.lower().startswith(b"content-length")))
-        got = len(rest)
-        while got < length:
-            n = s.recv_into(buf)
-            if not n:
-                raise RuntimeError(f"short body: {got} of {length}")
-            got += n
-    return got, time.perf_counter() - t
+    """(bytes, seconds) of one GET by curl (libcurl is what Nix downloads with), body to /dev/null."""
+    out = subprocess.run(["curl", "-sS", "--fail", "-o", "/dev/null", "-w", "%{size_download} %{time_total}",
+                          f"http://127.0.0.1:{port}{url}"], capture_output=True, text=True, check=True).stdout
+    size, secs = out.split()
+    return int(size), float(secs)
+
+
+def parallel_download(port: int, url: str, n: int) -> float:
+    """Aggregate MiB/s of ``n`` simultaneous curl downloads (separate processes: no client-side GIL)."""
+    start = time.perf_counter()
+    procs = [subprocess.Popen(["curl", "-sS", "--fail", "-o", "/dev/null", "-w", "%{size_download}",
+                               f"http://127.0.0.1:{port}{url}"], stdout=subprocess.PIPE, text=True)
+             for _ in range(n)]
+    total = 0
+    for p in procs:
+        out, _ = p.communicate()
+        if p.returncode != 0:
+            raise RuntimeError("curl failed")
+        total += int(out)
+    return total / (time.perf_counter() - start) / 2**20
 
 
 def main() -> None:
@@ -154,16 +159,20 @@ def main() -> None:
 
         # narinfo latency (after a warm-up)
         narinfo_latencies(port, hash_part, 200)
+        cpu0 = cpu_seconds(proc.pid)
         lat = narinfo_latencies(port, hash_part, opts.lookups)
+        narinfo_cpu_us = (cpu_seconds(proc.pid) - cpu0) / opts.lookups * 1e6
         p50, p99 = percentile(lat, 50) * 1000, percentile(lat, 99) * 1000
 
         # single stream, warm
         download(port, url)
         rates = []
+        cpu0 = cpu_seconds(proc.pid)
         for _ in range(opts.runs):
             n, secs = download(port, url)
             assert n == nar_size
             rates.append(n / secs / 2**20)
+        nar_cpu_rate = nar_size * opts.runs / (cpu_seconds(proc.pid) - cpu0) / 2**20
         ours = statistics.median(rates)
 
         # nix-store --dump of the same tree, warm
@@ -179,27 +188,20 @@ def main() -> None:
         nix_rate = statistics.median(dump_rates)
 
         # two parallel streams
-        par = []
-        for _ in range(max(2, opts.runs // 2)):
-            results: list[tuple[int, float]] = []
-            start = time.perf_counter()
-            threads = [threading.Thread(target=lambda out=results: out.append(download(port, url))) for _ in range(2)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            par.append(sum(n for n, _ in results) / (time.perf_counter() - start) / 2**20)
-        parallel = statistics.median(par)
+        parallel = statistics.median(parallel_download(port, url, 2) for _ in range(max(2, opts.runs // 2)))
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
         shutil.rmtree(tmp, ignore_errors=True)
 
+    load = os.getloadavg()[0]
     rows = [
-        ["narinfo lookup p50 (keep-alive, signed)", f"{p50:.3f} ms", "< 1 ms", f"p99 {p99:.3f} ms, n={opts.lookups}"],
+        ["narinfo lookup p50 (keep-alive, signed)", f"{p50:.3f} ms", "< 1 ms",
+         f"p99 {p99:.3f} ms, n={opts.lookups}; server CPU {narinfo_cpu_us:.0f} us/lookup"],
         ["NAR download, 1 stream, warm", f"{ours:.0f} MiB/s", ">= 300 MiB/s",
-         f"{nar_size / 2**20:.0f} MiB NAR, median of {opts.runs}"],
+         f"{nar_size / 2**20:.0f} MiB NAR, median of {opts.runs}; server CPU-bound rate {nar_cpu_rate:.0f} MiB/s "
+         "(bytes / server CPU seconds, all threads)"],
         ["`nix-store --dump` same tree, warm", f"{nix_rate:.0f} MiB/s", "reference",
          f"binary cache / nix-store --dump = {fmt_ratio(ours, nix_rate)}"],
         ["NAR download, 2 parallel streams", f"{parallel:.0f} MiB/s aggregate", "no serialization",
@@ -210,7 +212,8 @@ def main() -> None:
     body = (
         "## binary cache (`tvixd binary-cache`)\n\n"
         f"`python bench/binary_cache_bench.py --size-mib {opts.size_mib} --runs {opts.runs} "
-        f"--lookups {opts.lookups}`; {machine}.\n"
+        f"--lookups {opts.lookups}`; {machine}; load average {load:.1f} at the end of the run "
+        "(2 cores shared with other jobs: wall-clock numbers are pessimistic, the CPU columns are not).\n"
         "Store: fs:// blobs + sqlite:// (embedded), filled by `tvixd import`; server: a real `tvixd binary-cache` "
         "subprocess (gevent pywsgi, 8 pool threads), client on the same machine.\n\n" + table + "\n"
     )
