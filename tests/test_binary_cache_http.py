@@ -65,12 +65,12 @@ class Cache:
 
 
 @contextmanager
-def start_cache(*args: str) -> Iterator[Cache]:
+def start_cache(*args: str, env: dict[str, str] | None = None) -> Iterator[Cache]:
     """Run `python -m tvixd --log-format json binary-cache --listen-address 127.0.0.1:0 ARGS`."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "tvixd", "--log-format", "json", "binary-cache",
          "--listen-address", "127.0.0.1:0", *args],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=tvixd_env(), cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env or tvixd_env(), cwd=REPO_ROOT,
     )
     lines: list[str] = []
     ready = threading.Event()
@@ -497,3 +497,35 @@ def test_a_path_imported_with_tvixd_import_is_substitutable(nix, tmp_path):
     assert nix.dump(dest, path) == nar
     # Nix computes the same store path for the tree (tvixd import's promise), and accepted the copy.
     assert nix.add_path(nix.store("check"), tree) == path
+
+
+def test_sd_notify_ready_and_stopping(tmp_path):
+    import socket
+
+    sock_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(str(sock_path))
+        listener.settimeout(60)
+        with start_cache(*MEMORY, env=tvixd_env(NOTIFY_SOCKET=str(sock_path))) as cache:
+            ready = listener.recv(4096).decode()
+            assert ready.startswith("READY=1") and str(cache.port) in ready
+            cache.proc.send_signal(signal.SIGTERM)
+            assert listener.recv(4096).decode().startswith("STOPPING=1")
+            assert cache.proc.wait(timeout=60) == 0
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    from tests.conftest import run_tvixd
+
+    bad_key = tmp_path / "bad.sk"
+    bad_key.write_text("name:" + "A" * 43 + "=")  # 32 bytes: a public key, not a secret key
+    for args, expected in (
+        (("--signing-key", str(bad_key)), "secret key has 32 bytes"),
+        (("--signing-key", str(tmp_path / "missing")), "cannot read signing key"),
+        (("--listen-address", "nonsense"), "listen_address"),
+        (("--threads", "0"), "--threads must be at least 1"),
+    ):
+        result = run_tvixd("binary-cache", *MEMORY, *args, timeout=60)
+        err = result.stderr.decode()
+        assert result.returncode != 0, args
+        assert expected in err and "Traceback" not in err, err

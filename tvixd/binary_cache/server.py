@@ -79,8 +79,12 @@ def serve(
     max_connections: int = 256,
     threads: int = 8,
     ready: Any = None,
+    stopping: Any = None,
 ) -> None:
-    """Bind, then serve until SIGTERM/SIGINT. ``ready(port)`` is called once listening (for sd_notify/tests)."""
+    """Bind, then serve until SIGTERM/SIGINT.
+
+    ``ready(port)`` is called once listening and ``stopping()`` when a signal arrived (sd_notify).
+    """
     import gevent
     from gevent.pool import Pool
     from gevent.pywsgi import WSGIServer
@@ -118,5 +122,7 @@ def serve(
         gevent.signal_handler(sig, stop.set)
     stop.wait()
     log.info("binary cache stopping")
+    if stopping is not None:
+        stopping()
     server.stop(timeout=5)
     app.close()

@@ -77,25 +77,21 @@ def run(args: argparse.Namespace) -> int:
         )
         log.info("store opened", blob_service=addrs.blob, directory_service=addrs.directory,
                  path_info_service=addrs.path_info)
-        serve(app, listen, max_connections=args.max_connections, threads=args.threads, ready=_notify_ready)
+        serve(app, listen, max_connections=args.max_connections, threads=args.threads, ready=_notify_ready,
+              stopping=_notify_stopping)
     finally:
         store.close()
     return 0
 
 
 def _notify_ready(port: int) -> None:
-    """Tell systemd (Type=notify) that we serve: READY=1 on $NOTIFY_SOCKET (a no-op outside systemd)."""
-    try:
-        from tvixd import sdnotify
-    except ImportError:  # the ops helper's module; the protocol is one datagram, so speak it directly
-        import os
-        import socket
+    """Tell systemd (Type=notify) that we serve (a no-op outside systemd)."""
+    from tvixd import sdnotify
 
-        addr = os.environ.get("NOTIFY_SOCKET")
-        if not addr or addr[0] not in "/@":
-            return
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.connect("\0" + addr[1:] if addr[0] == "@" else addr)
-            s.sendall(f"READY=1\nSTATUS=serving HTTP on port {port}".encode())
-        return
-    sdnotify.notify(f"READY=1\nSTATUS=serving HTTP on port {port}")
+    sdnotify.ready(f"serving HTTP on port {port}")
+
+
+def _notify_stopping() -> None:
+    from tvixd import sdnotify
+
+    sdnotify.stopping()
