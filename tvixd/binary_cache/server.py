@@ -86,6 +86,7 @@ def serve(
     ``ready(port)`` is called once listening and ``stopping()`` when a signal arrived (sd_notify).
     """
     import gevent
+    from gevent.event import Event
     from gevent.pool import Pool
     from gevent.pywsgi import WSGIServer
 
@@ -111,15 +112,16 @@ def serve(
         error_log=logging.getLogger("tvixd.binary_cache.http"),
         handler_class=_make_handler_class(),
     )
+    # Signal handlers first: a SIGTERM right after READY=1 must already mean "drain", not death.
+    stop = Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(sig, stop.set)
     server.start()
     bound = server.server_port
     log.info("binary cache listening", address=f"{host}:{bound}", host=host, port=bound,
              signing_keys=[k.name for k in app.signing_keys], threads=threads, max_connections=max_connections)
     if ready is not None:
         ready(bound)
-    stop = gevent.event.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        gevent.signal_handler(sig, stop.set)
     stop.wait()
     log.info("binary cache stopping")
     if stopping is not None:
