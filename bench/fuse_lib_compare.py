@@ -3,7 +3,8 @@
 Each binding serves one file, backed by a real file read with ``os.pread`` (what a blob read costs at
 least), and ``cat`` reads it through a fresh mount (cold kernel page cache) into /dev/null.
 
-    python bench/fuse_lib_compare.py [SIZE_MIB]      # needs /dev/fuse, pyfuse3, trio, mfusepy
+    python bench/fuse_lib_compare.py [SIZE_MIB]      # needs /dev/fuse, pyfuse3, trio, mfusepy; root for
+                                                     # the 1 MiB kernel read-ahead runs
 
 Compared: pyfuse3 (libfuse3 low-level API, trio; reads in worker threads as tvixd does, and inline
 on the event loop) and mfusepy (ctypes over the libfuse high-level path API, libfuse's own threads).
@@ -80,7 +81,7 @@ def serve_mfusepy(mnt: str, backing: str) -> None:
     mfusepy.FUSE(One(), mnt, foreground=True, ro=True, fsname="bench", kernel_cache=True)
 
 
-def measure(kind: str, backing: str, size: int) -> float:
+def measure(kind: str, backing: str, size: int, read_ahead_kib: int | None) -> float:
     with tempfile.TemporaryDirectory() as mnt:
         proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, mnt, backing])
         try:
@@ -88,6 +89,10 @@ def measure(kind: str, backing: str, size: int) -> float:
                 if os.path.ismount(mnt):
                     break
                 time.sleep(0.05)
+            if read_ahead_kib:  # after INIT (ismount's stat waited for it); root only
+                dev = os.stat(mnt).st_dev
+                with open(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb", "w") as ra:
+                    ra.write(str(read_ahead_kib))
             t = time.perf_counter()
             subprocess.run(["cat", f"{mnt}/big"], stdout=subprocess.DEVNULL, check=True)
             elapsed = time.perf_counter() - t
@@ -112,9 +117,11 @@ def main() -> None:
         t = time.perf_counter()
         subprocess.run(["cat", f.name], stdout=subprocess.DEVNULL, check=True)
         print(f"direct (page cache): {size / (time.perf_counter() - t) / 2**20:8.0f} MiB/s")
-        for kind in ("pyfuse3-threads", "pyfuse3-inline", "mfusepy"):
-            rates = [measure(kind, f.name, size) for _ in range(3)]
-            print(f"{kind:16s}: {max(rates):8.0f} MiB/s (best of 3: {', '.join(f'{r:.0f}' for r in rates)})")
+        for ra in (None, 1024):
+            for kind in ("pyfuse3-threads", "pyfuse3-inline", "mfusepy"):
+                rates = [measure(kind, f.name, size, ra) for _ in range(3)]
+                print(f"{kind:16s} read-ahead {ra or 128:4d} KiB: {max(rates):6.0f} MiB/s "
+                      f"(best of 3: {', '.join(f'{r:.0f}' for r in rates)})")
 
 
 if __name__ == "__main__":
