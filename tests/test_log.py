@@ -71,6 +71,8 @@ def test_every_line_is_json_with_the_standard_fields():
     (exc,) = broke["exception"]
     assert exc["exc_type"] == "ZeroDivisionError" and exc["exc_value"] == "division by zero"
     assert exc["frames"] and exc["frames"][-1]["name"] == "<module>"
+    # Local variables stay out of log lines (size, and request bytes must not leak into logs).
+    assert all("locals" not in frame for frame in exc["frames"])
     thread = by_event["uncaught exception in thread"]
     assert thread["thread"] == "worker-1" and thread["exception"][0]["exc_type"] == "IndexError"
 

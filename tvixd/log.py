@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any, TextIO
 
 import structlog
+import structlog.tracebacks
 
 LEVELS = {"error": logging.ERROR, "warning": logging.WARNING, "warn": logging.WARNING,
           "info": logging.INFO, "debug": logging.DEBUG, "trace": logging.DEBUG}
@@ -106,8 +107,12 @@ def configure(level: str | None = None, fmt: str | None = None, stream: TextIO |
     if fmt in (None, "auto"):
         fmt = "console" if stream.isatty() else "json"
     if fmt == "json":
-        # dict_tracebacks: the exception as data (type, value, frames), still one line.
-        final: list[Any] = [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+        # The exception as data (type, value, frames), still one line. Without local
+        # variables: they bloat every error line and can carry request bytes into logs.
+        tracebacks = structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        )
+        final: list[Any] = [tracebacks, structlog.processors.JSONRenderer()]
     else:
         final = [structlog.dev.ConsoleRenderer(colors=stream.isatty())]
     shared: list[Any] = [
