@@ -118,6 +118,33 @@ def test_exception_in_with_block_aborts(blob_service):
     assert not blob_service.has(BLOB_A_DIGEST)
 
 
+def test_failing_precommit_discards_the_blob(blob_service):
+    """A precommit that raises (the server's "client went away" check) leaves nothing visible."""
+    calls = []
+
+    def refuse():
+        calls.append(blob_service.has(BLOB_B_DIGEST))  # called before the blob is visible
+        raise RuntimeError("client went away")
+
+    writer = blob_service.open_write()
+    writer.write(BLOB_B)
+    with pytest.raises(RuntimeError, match="went away"):
+        writer.close(precommit=refuse)
+    assert calls == [False]
+    assert not blob_service.has(BLOB_B_DIGEST)
+    assert blob_service.open_read(BLOB_B_DIGEST) is None
+    with pytest.raises(AlreadyClosed):
+        writer.write(b"x")
+
+
+def test_passing_precommit_commits(blob_service):
+    calls = []
+    writer = blob_service.open_write()
+    writer.write(BLOB_A)
+    assert writer.close(precommit=lambda: calls.append(1)) == BLOB_A_DIGEST
+    assert calls == [1] and blob_service.has(BLOB_A_DIGEST)
+
+
 def test_unclosed_writer_is_invisible(blob_service):
     writer = blob_service.open_write()
     writer.write(BLOB_A)

@@ -148,6 +148,26 @@ def test_putter_abort_leaves_nothing(directory_service):
     assert directory_service.get(DIRECTORY_WITH_KEEP_DIGEST) is None
 
 
+def test_putter_failing_precommit_stores_nothing(directory_service):
+    """A precommit that raises (the server's "client went away" check) stores nothing at all."""
+    calls = []
+
+    def refuse():
+        calls.append(directory_service.get(DIRECTORY_WITH_KEEP_DIGEST))
+        raise RuntimeError("client went away")
+
+    putter = directory_service.put_multiple_start()
+    putter.put(DIRECTORY_WITH_KEEP)
+    putter.put(DIRECTORY_COMPLICATED)
+    with pytest.raises(RuntimeError, match="went away"):
+        putter.close(precommit=refuse)
+    assert calls == [None]
+    assert directory_service.get(DIRECTORY_WITH_KEEP_DIGEST) is None
+    assert directory_service.get(DIRECTORY_COMPLICATED_DIGEST) is None
+    with pytest.raises(AlreadyClosed):
+        putter.put(DIRECTORY_A)
+
+
 def test_putter_exception_in_with_block_aborts(directory_service):
     with pytest.raises(RuntimeError), directory_service.put_multiple_start() as putter:
         putter.put(DIRECTORY_WITH_KEEP)

@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from tvixd.blobservice.base import Precommit
 from tvixd.castore.digest import B3Digest
 from tvixd.castore.directory import canonical_bytes, directory_digest
 from tvixd.directoryservice.base import DirectoryPutter, DirectoryService
@@ -47,11 +48,17 @@ class SpoolingPutter(DirectoryPutter):
         self._last = directory_digest(directory)
         return self._last
 
-    def close(self) -> B3Digest:
+    def close(self, precommit: Precommit | None = None) -> B3Digest:
         if self._state == "aborted":
             raise AlreadyClosed("directory spool was aborted")
         if self._last is None:
             raise InvalidRequest("no directories sent")
+        if precommit is not None:
+            try:
+                precommit()
+            except BaseException:
+                self.abort()
+                raise
         self._state = "sealed"
         return self._last
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from types import TracebackType
 
 from tvixd.castore.digest import B3Digest
@@ -40,6 +41,10 @@ class BlobReader(io.RawIOBase):
         return True
 
 
+Precommit = Callable[[], None]
+"""A last check before a write becomes visible: raising from it discards the write."""
+
+
 class BlobWriter(ABC):
     """A byte sink that becomes a blob named by its digest when closed.
 
@@ -63,8 +68,15 @@ class BlobWriter(ABC):
         """Append ``data``; return ``len(data)``."""
 
     @abstractmethod
-    def close(self) -> B3Digest:
-        """Commit the blob (durably, atomically) and return its digest. Idempotent."""
+    def close(self, precommit: Precommit | None = None) -> B3Digest:
+        """Commit the blob (durably, atomically) and return its digest. Idempotent.
+
+        ``precommit``, if given, is called once, after the bytes are durable and
+        just before the blob becomes visible; if it raises, the blob is discarded
+        (as by ``abort``) and the exception propagates. The gRPC server uses it to
+        commit an upload only if the client did not go away (see
+        ``tvixd.server.servicers``).
+        """
 
     @abstractmethod
     def abort(self) -> None:

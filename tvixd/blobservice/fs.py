@@ -41,7 +41,7 @@ import time
 
 import blake3
 
-from tvixd.blobservice.base import BlobBatch, BlobReader, BlobService, BlobWriter
+from tvixd.blobservice.base import BlobBatch, BlobReader, BlobService, BlobWriter, Precommit
 from tvixd.castore.digest import B3Digest
 from tvixd.errors import AlreadyClosed, DataLoss, ResourceExhausted, StorageError
 
@@ -189,7 +189,7 @@ class _FsBlobWriter(BlobWriter):
             raise _os_error(e, "write", self._tmp_path or "temp file") from e
         return len(data)
 
-    def close(self) -> B3Digest:
+    def close(self, precommit: Precommit | None = None) -> B3Digest:
         if self._digest is not None:
             return self._digest
         if self._done:
@@ -198,6 +198,8 @@ class _FsBlobWriter(BlobWriter):
             digest = B3Digest(self._hasher.digest())
             final = self._service.path_of(digest)
             if os.path.exists(final):
+                if precommit is not None:
+                    precommit()
                 self.abort()  # already stored: not rewritten
             else:
                 file = self._file or self._open_tmp()
@@ -212,6 +214,8 @@ class _FsBlobWriter(BlobWriter):
                 except OSError as e:
                     raise _os_error(e, "write", tmp_path) from e
                 self._file = None
+                if precommit is not None:
+                    precommit()
                 if self._batch is None:
                     self._service._publish(tmp_path, final)
                 else:

@@ -15,7 +15,7 @@ import blake3
 import grpc
 
 from tvixd import errors
-from tvixd.blobservice.base import BlobReader, BlobService, BlobWriter
+from tvixd.blobservice.base import BlobReader, BlobService, BlobWriter, Precommit
 from tvixd.castore.digest import B3Digest
 from tvixd.proto.rpc_blobstore_pb2 import BlobMeta, PutBlobResponse, ReadBlobRequest, StatBlobRequest
 from tvixd.server.channel import SharedChannel
@@ -282,11 +282,17 @@ class GrpcBlobWriter(BlobWriter):
                 self._enqueue(chunk)
         return len(view)
 
-    def close(self) -> B3Digest:
+    def close(self, precommit: Precommit | None = None) -> B3Digest:
         if self._digest is not None:
             return self._digest
         if self._done:
             raise errors.AlreadyClosed("blob writer was aborted or previously closed with an error")
+        if precommit is not None:
+            try:
+                precommit()  # before the half-close that makes the server commit
+            except BaseException:
+                self.abort()
+                raise
         self._enqueue(_END)
         self._done = True
         try:

@@ -7,7 +7,7 @@ import threading
 
 import blake3
 
-from tvixd.blobservice.base import BlobReader, BlobService, BlobWriter
+from tvixd.blobservice.base import BlobReader, BlobService, BlobWriter, Precommit
 from tvixd.castore.digest import B3Digest
 from tvixd.errors import AlreadyClosed
 
@@ -58,12 +58,18 @@ class _MemoryBlobWriter(BlobWriter):
         self._buf += data
         return len(data)
 
-    def close(self) -> B3Digest:
+    def close(self, precommit: Precommit | None = None) -> B3Digest:
         if self._digest is not None:
             return self._digest
         if self._buf is None:
             raise AlreadyClosed("blob writer was aborted")
         digest = B3Digest(self._hasher.digest())
+        if precommit is not None:
+            try:
+                precommit()
+            except BaseException:
+                self.abort()
+                raise
         self._service._insert(digest, bytes(self._buf))
         self._buf = None
         self._digest = digest

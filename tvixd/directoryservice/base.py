@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from types import TracebackType
 
+from tvixd.blobservice.base import Precommit
 from tvixd.castore.digest import B3Digest
 from tvixd.proto.castore_pb2 import Directory
 
@@ -43,8 +44,13 @@ class DirectoryPutter(ABC):
         """Queue ``directory`` for the commit; return its digest."""
 
     @abstractmethod
-    def close(self) -> B3Digest:
-        """Commit everything atomically and return the root (last) digest. Idempotent."""
+    def close(self, precommit: Precommit | None = None) -> B3Digest:
+        """Commit everything atomically and return the root (last) digest. Idempotent.
+
+        ``precommit``, if given, is called just before the commit; if it raises,
+        nothing is stored, the putter is aborted and the exception propagates
+        (as for :meth:`tvixd.blobservice.base.BlobWriter.close`).
+        """
 
     @abstractmethod
     def abort(self) -> None:

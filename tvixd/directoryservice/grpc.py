@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import grpc
 
 from tvixd import errors
+from tvixd.blobservice.base import Precommit
 from tvixd.castore.digest import B3Digest
 from tvixd.castore.directory import directory_digest, directory_size, validate_directory
 from tvixd.directoryservice.base import DirectoryPutter, DirectoryService
@@ -216,11 +217,17 @@ class GrpcDirectoryPutter(DirectoryPutter):
         self._last = digest
         return digest
 
-    def close(self) -> B3Digest:
+    def close(self, precommit: Precommit | None = None) -> B3Digest:
         if self._root is not None:
             return self._root
         if self._done:
             raise errors.AlreadyClosed("directory putter was aborted or previously closed with an error")
+        if self._error is None and self._last is not None and precommit is not None:
+            try:
+                precommit()  # before the half-close that makes the server commit
+            except BaseException:
+                self.abort()
+                raise
         self._done = True
         if self._error is not None:
             raise self._error
