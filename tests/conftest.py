@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from contextlib import ExitStack
@@ -33,6 +34,17 @@ def run_tvixd(
         timeout=timeout,
         check=False,
     )
+
+
+def stop_gracefully(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM a tvixd subprocess that is still running and wait; kill it if it does not exit in time."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.conftest import tvixd_env
+from tests.conftest import stop_gracefully, tvixd_env
 
 START_TIMEOUT = 60.0
 
@@ -134,13 +134,7 @@ def start_daemon(tmp_path: Path, *extra_args: str, env: dict[str, str] | None = 
                         _reader=reader)
         yield daemon
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_gracefully(proc)
         reader.join(timeout=10)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_tvixd, tvixd_env
+from tests.conftest import run_tvixd, stop_gracefully, tvixd_env
 from tests.fixtures import (
     BLOB_A,
     BLOB_A_DIGEST,
@@ -194,11 +194,5 @@ def mounted(
             time.sleep(0.02)
         yield m
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_gracefully(proc)
         fusermount_u(dest)

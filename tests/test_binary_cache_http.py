@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, tvixd_env
+from tests.conftest import REPO_ROOT, stop_gracefully, tvixd_env
 from tests.fixtures import NAR_CONTENTS_COMPLICATED, NAR_CONTENTS_HELLOWORLD
 
 START_TIMEOUT = 60.0
@@ -98,13 +98,7 @@ def start_cache(*args: str, env: dict[str, str] | None = None) -> Iterator[Cache
             raise AssertionError("binary cache did not start:\n" + "\n".join(lines))
         yield Cache(proc, port[0], lines)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_gracefully(proc)
         t.join(timeout=10)
 
 

@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from tvixd.blobservice.base import Precommit
+from tvixd.blobservice.base import Precommit, run_precommit
 from tvixd.castore.digest import B3Digest
 from tvixd.castore.directory import canonical_bytes, directory_digest
 from tvixd.directoryservice.base import DirectoryPutter, DirectoryService
@@ -53,12 +53,7 @@ class SpoolingPutter(DirectoryPutter):
             raise AlreadyClosed("directory spool was aborted")
         if self._last is None:
             raise InvalidRequest("no directories sent")
-        if precommit is not None:
-            try:
-                precommit()
-            except BaseException:
-                self.abort()
-                raise
+        run_precommit(precommit, self.abort)
         self._state = "sealed"
         return self._last
 

@@ -45,6 +45,17 @@ Precommit = Callable[[], None]
 """A last check before a write becomes visible: raising from it discards the write."""
 
 
+def run_precommit(precommit: Precommit | None, abort: Callable[[], None]) -> None:
+    """Call ``precommit`` if given; if it raises, ``abort`` the write first, then re-raise."""
+    if precommit is None:
+        return
+    try:
+        precommit()
+    except BaseException:
+        abort()
+        raise
+
+
 class BlobWriter(ABC):
     """A byte sink that becomes a blob named by its digest when closed.
 

@@ -15,7 +15,7 @@ import blake3
 import grpc
 
 from tvixd import errors
-from tvixd.blobservice.base import BlobReader, BlobService, BlobWriter, Precommit
+from tvixd.blobservice.base import BlobReader, BlobService, BlobWriter, Precommit, run_precommit
 from tvixd.castore.digest import B3Digest
 from tvixd.proto.rpc_blobstore_pb2 import BlobMeta, PutBlobResponse, ReadBlobRequest, StatBlobRequest
 from tvixd.server.channel import SharedChannel
@@ -287,12 +287,7 @@ class GrpcBlobWriter(BlobWriter):
             return self._digest
         if self._done:
             raise errors.AlreadyClosed("blob writer was aborted or previously closed with an error")
-        if precommit is not None:
-            try:
-                precommit()  # before the half-close that makes the server commit
-            except BaseException:
-                self.abort()
-                raise
+        run_precommit(precommit, self.abort)  # before the half-close that makes the server commit
         self._enqueue(_END)
         self._done = True
         try:

@@ -7,7 +7,7 @@ import threading
 
 import blake3
 
-from tvixd.blobservice.base import BlobReader, BlobService, BlobWriter, Precommit
+from tvixd.blobservice.base import BlobReader, BlobService, BlobWriter, Precommit, run_precommit
 from tvixd.castore.digest import B3Digest
 from tvixd.errors import AlreadyClosed
 
@@ -64,12 +64,7 @@ class _MemoryBlobWriter(BlobWriter):
         if self._buf is None:
             raise AlreadyClosed("blob writer was aborted")
         digest = B3Digest(self._hasher.digest())
-        if precommit is not None:
-            try:
-                precommit()
-            except BaseException:
-                self.abort()
-                raise
+        run_precommit(precommit, self.abort)
         self._service._insert(digest, bytes(self._buf))
         self._buf = None
         self._digest = digest

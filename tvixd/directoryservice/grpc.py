@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import grpc
 
 from tvixd import errors
-from tvixd.blobservice.base import Precommit
+from tvixd.blobservice.base import Precommit, run_precommit
 from tvixd.castore.digest import B3Digest
 from tvixd.castore.directory import directory_digest, directory_size, validate_directory
 from tvixd.directoryservice.base import DirectoryPutter, DirectoryService
@@ -222,12 +222,8 @@ class GrpcDirectoryPutter(DirectoryPutter):
             return self._root
         if self._done:
             raise errors.AlreadyClosed("directory putter was aborted or previously closed with an error")
-        if self._error is None and self._last is not None and precommit is not None:
-            try:
-                precommit()  # before the half-close that makes the server commit
-            except BaseException:
-                self.abort()
-                raise
+        if self._error is None and self._last is not None:
+            run_precommit(precommit, self.abort)  # before the half-close that makes the server commit
         self._done = True
         if self._error is not None:
             raise self._error

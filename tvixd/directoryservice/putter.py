@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tvixd.blobservice.base import Precommit
+from tvixd.blobservice.base import Precommit, run_precommit
 from tvixd.castore.digest import B3Digest
 from tvixd.castore.directory import canonical_bytes, directory_size, validate_directory
 from tvixd.directoryservice.base import DirectoryPutter
@@ -81,12 +81,7 @@ class ValidatingPutter(DirectoryPutter):
             raise AlreadyClosed("directory putter was aborted")
         if self._last is None:
             raise InvalidRequest("no directories sent, can't show root digest")
-        if precommit is not None:
-            try:
-                precommit()
-            except BaseException:
-                self.abort()
-                raise
+        run_precommit(precommit, self.abort)
         # If the commit fails (e.g. Unavailable: the database stayed locked), nothing was stored
         # and the putter keeps its directories, so close() may simply be called again.
         self._commit(self._pending)
