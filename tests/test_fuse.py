@@ -361,6 +361,15 @@ def test_root_with_listing(listing_mnt: Mounted, store_dir: tuple[Path, StoreAdd
     assert by_name[DIR_WITH_KEEP] == os.stat(listing_mnt.path / DIR_COMPLICATED / "keep").st_ino
 
 
+def test_mount_options_from_the_environment(store_dir: tuple[Path, StoreAddrs, Path, str], tmp_path: Path) -> None:
+    """The [mount] settings apply without flags too (here through their TVIXD_MOUNT_* variables)."""
+    _, addrs, _, _ = store_dir
+    env = {"TVIXD_MOUNT_LIST_ROOT": "true", "TVIXD_MOUNT_SHOW_XATTR": "true"}
+    with mounted(tmp_path, addrs, env=env) as m:
+        assert FILE_A in os.listdir(m.path)
+        assert os.getxattr(m.path / FILE_A, "user.tvix.castore.blob.digest") == str(BLOB_A_DIGEST).encode()
+
+
 def test_xattrs(listing_mnt: Mounted, mnt: Mounted) -> None:
     f = listing_mnt.path / FILE_A
     assert os.listxattr(f) == ["user.tvix.castore.blob.digest"]

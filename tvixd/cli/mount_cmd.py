@@ -44,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     from tvixd.cli.common import open_store
     from tvixd.fuse.mount import MountError, check_mountpoint, serve
 
+    # Flag > env (TVIXD_MOUNT_*) > [mount] in the config file > default, resolved by tvixd.config.
+    cfg = args.cfg.mount if getattr(args, "cfg", None) is not None else args
     dest = args.dest.absolute()
     try:
         check_mountpoint(dest)
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     with open_store(args) as store:
         try:
-            serve(store, dest, list_root=args.list_root, allow_other=args.allow_other, show_xattr=args.show_xattr)
+            serve(store, dest, list_root=cfg.list_root, allow_other=cfg.allow_other, show_xattr=cfg.show_xattr)
         except MountError as e:
             print(f"tvixd mount: error: {e}", file=sys.stderr)
             return 1
