@@ -45,6 +45,8 @@ from tests.fuse_helpers import (
     mounted,
     needs_fuse,
     populate_fixtures,
+    put_blob,
+    put_path_info,
 )
 from tvixd.castore.directory import directory_size
 from tvixd.store import Store, StoreAddrs
@@ -418,6 +420,49 @@ def test_missing_blob_and_directory(store_dir: tuple[Path, StoreAddrs, Path, str
         assert m.stop() == 0, m.stderr()
         assert '"blob missing from the store"' in m.stderr()
         assert '"directory missing from the store"' in m.stderr()
+
+
+def test_corrupt_blob_files_give_eio(tmp_path: Path) -> None:
+    """Part A §7: bytes that no longer hash to their digest are never served, not even an intact range."""
+    from tvixd.blobservice.fs import FsBlobService
+    from tvixd.castore.digest import B3Digest
+    from tvixd.proto.castore_pb2 import FileNode
+
+    big = os.urandom(3 * 1024 * 1024)
+    big_name = "99999999999999999999999999999999-big"
+    addrs = embedded_store(tmp_path / "state")
+    with Store.open(addrs) as store:
+        populate_fixtures(store)
+        big_digest = put_blob(store, big)
+        put_path_info(store, FileNode(name=big_name.encode(), digest=big_digest, size=len(big)))
+    blobs = FsBlobService(str(tmp_path / "state" / "blobs"))
+    flipped = Path(blobs.path_of(B3Digest(big_digest)))  # same size, one byte changed near the start
+    flipped.chmod(0o644)
+    with open(flipped, "r+b") as f:
+        f.seek(100)
+        f.write(bytes([big[100] ^ 1]))
+    truncated = Path(blobs.path_of(B3Digest(BLOB_A_DIGEST)))
+    truncated.chmod(0o644)
+    truncated.write_bytes(BLOB_A[:1])
+    with mounted(tmp_path, addrs) as m:
+        fd = os.open(m.path / big_name, os.O_RDONLY | os.O_DIRECT)
+        try:
+            with pytest.raises(OSError) as e:
+                os.pread(fd, 4096, 2 * 1024 * 1024)  # these bytes are intact, but the blob is not
+            assert e.value.errno == errno.EIO
+        finally:
+            os.close(fd)
+        with pytest.raises(OSError) as e:
+            (m.path / big_name).read_bytes()
+        assert e.value.errno == errno.EIO
+        with pytest.raises(OSError) as e:
+            (m.path / FILE_A).read_bytes()
+        assert e.value.errno == errno.EIO
+        assert (m.path / FILE_B).read_bytes() == BLOB_B
+        assert m.proc.poll() is None
+        assert m.stop() == 0, m.stderr()
+        assert "is corrupt on disk" in m.stderr()
+        assert "has 1 bytes, the store says 2" in m.stderr()
 
 
 def test_over_a_real_daemon_with_backward_seeks(tmp_path: Path) -> None:

@@ -12,6 +12,12 @@ stall lookups; the inode tracker is only touched from the trio thread, so it
 needs no lock. Reads on one file handle are serialised by a per-handle lock
 (the kernel may issue several at once, and a reader has one position).
 
+Reads (Part A §7: never serve bytes not verified against the digest): a blob of
+the local fs:// store is verified whole on the first read of an open file
+(blake3 over an mmap of the file, on all cores), then served straight from that
+mapping without another copy or thread hop (see :class:`_LocalBlob`). Other
+backends (gRPC, memory) stream through their verifying ``BlobReader``.
+
 Errors: missing or unreadable content behind a PathInfo gives EIO on that file
 or directory only; the mount stays up. An unexpected exception in a handler
 is logged and answered with EIO (pyfuse3 would otherwise end the main loop).
@@ -22,19 +28,23 @@ from __future__ import annotations
 import errno
 import functools
 import io
+import mmap
 import os
 import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import blake3
 import pyfuse3
 import structlog
 import trio
 
 from tvixd.blobservice.base import BlobReader
+from tvixd.blobservice.fs import FsBlobService
 from tvixd.castore.digest import B3Digest
 from tvixd.castore.directory import AnyNode, directory_digest
+from tvixd.errors import DataLoss
 from tvixd.fuse.inodes import ROOT_INO, DirectoryData, FileData, InodeData, InodeTracker, SymlinkData
 from tvixd.proto.castore_pb2 import Directory
 from tvixd.store import Store
@@ -126,6 +136,48 @@ class _FileHandle:
 
 
 @dataclass
+class _LocalBlob:
+    """An open blob file of the fs:// store: verified whole once, then served from a read-only mmap.
+
+    Why: verifying as bytes stream by costs a blake3 pass per read anyway, and random access (which
+    FUSE does) cannot be verified piecewise; one whole-blob pass is as cheap as a sequential read's
+    and uses all cores (measured: 45-55 ms per 128 MiB here, 75 ms on one core). Afterwards a read
+    is a slice of the mapping that pyfuse3 copies into the kernel directly: no ``pread`` copy and
+    no worker-thread hop, and the pages are resident because the verification just touched them.
+    The file must not be truncated while mapped (a read would then fault with SIGBUS); blob files
+    are immutable (mode 0444, replaced only by rename), so the size is checked once at open.
+    """
+
+    digest: bytes
+    size: int
+    fd: int
+    verified: bool = False
+    map: mmap.mmap | None = None  # the file's bytes once verified (None for an empty file)
+    lock: trio.Lock = field(default_factory=trio.Lock)
+
+    def verify(self) -> None:
+        """Runs in a worker thread: map the file and check it hashes to ``digest``; DataLoss otherwise."""
+        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        mapping = mmap.mmap(self.fd, self.size, prot=mmap.PROT_READ) if self.size else None
+        if mapping is not None:
+            hasher.update(mapping)
+        if hasher.digest() != self.digest:
+            if mapping is not None:
+                mapping.close()
+            raise DataLoss(f"blob {B3Digest(self.digest)} is corrupt on disk: its bytes no longer hash to it")
+        self.map, self.verified = mapping, True
+
+    def close(self) -> None:
+        mapping, self.map = self.map, None
+        if mapping is not None:
+            try:
+                mapping.close()
+            except BufferError:  # a reply still holds a view: the mapping goes with the last reference
+                pass
+        os.close(self.fd)
+
+
+@dataclass
 class _DirHandle:
     """An open directory; for the root, the listing snapshot taken by the first readdir."""
 
@@ -144,7 +196,7 @@ class StoreFS(pyfuse3.Operations):
         self.list_root = list_root
         self.show_xattr = show_xattr
         self.inodes = InodeTracker()
-        self._files: dict[int, _FileHandle] = {}
+        self._files: dict[int, _LocalBlob | _FileHandle] = {}
         self._dirs: dict[int, _DirHandle] = {}
         self._next_fh = 1
 
@@ -366,11 +418,56 @@ class StoreFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if isinstance(data, SymlinkData):
             raise pyfuse3.FUSEError(errno.ELOOP)
-        reader = await self._open_blob(data.digest)
+        handle: _LocalBlob | _FileHandle
+        if isinstance(self.store.blob, FsBlobService):
+            handle = await self._open_local(self.store.blob, data)
+        else:
+            handle = _FileHandle(data.digest, data.size, await self._open_blob(data.digest))
         fh = self._fh()
-        self._files[fh] = _FileHandle(data.digest, data.size, reader)
+        self._files[fh] = handle
         # Content under an inode never changes, so the kernel may keep its page cache across opens.
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    async def _open_local(self, blobs: FsBlobService, data: FileData) -> _LocalBlob:
+        """Open the blob file of ``data`` in the fs:// store (verified later, on the first read)."""
+        digest = B3Digest(data.digest)
+        path = blobs.path_of(digest)
+
+        def open_file() -> int:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                size = os.fstat(fd).st_size
+            except BaseException:
+                os.close(fd)
+                raise
+            if size != data.size:
+                os.close(fd)
+                raise DataLoss(f"blob file {path} has {size} bytes, the store says {data.size}")
+            return fd
+
+        try:
+            fd = await trio.to_thread.run_sync(open_file)
+        except FileNotFoundError:
+            log.error("blob missing from the store", digest=str(digest))
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception as e:
+            log.error("opening blob failed", digest=str(digest), error=str(e))
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        return _LocalBlob(data.digest, data.size, fd)
+
+    async def _read_local(self, handle: _LocalBlob, off: int, size: int) -> memoryview:
+        """A read of an fs:// blob: verify the whole blob on the first read, then slice the mapping."""
+        if not handle.verified:
+            async with handle.lock:
+                if not handle.verified:
+                    try:
+                        # Not abandoned on cancel: the thread uses the handle's descriptor.
+                        await trio.to_thread.run_sync(handle.verify)
+                    except Exception as e:
+                        log.error("reading blob failed", digest=str(B3Digest(handle.digest)), error=str(e))
+                        raise pyfuse3.FUSEError(errno.EIO) from None
+        assert handle.map is not None  # verified, and not empty (the caller answered reads past EOF)
+        return memoryview(handle.map)[off : off + size]
 
     async def _open_blob(self, digest: bytes) -> BlobReader:
         try:
@@ -390,6 +487,8 @@ class StoreFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         if off >= handle.size or size <= 0:
             return b""
+        if isinstance(handle, _LocalBlob):
+            return await self._read_local(handle, off, size)
         async with handle.lock:
             data = handle.cached(off, size)
             if data is not None:
@@ -460,7 +559,10 @@ class StoreFS(pyfuse3.Operations):
     @_guard
     async def release(self, fh: int) -> None:
         handle = self._files.pop(fh, None)
-        if handle is not None:
+        if isinstance(handle, _LocalBlob):
+            async with handle.lock:
+                handle.close()
+        elif handle is not None:
             async with handle.lock:
                 await trio.to_thread.run_sync(self._drop_reader, handle, abandon_on_cancel=True)
 
