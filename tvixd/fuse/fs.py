@@ -197,6 +197,7 @@ class StoreFS(pyfuse3.Operations):
         self.show_xattr = show_xattr
         self.inodes = InodeTracker()
         self._files: dict[int, _LocalBlob | _FileHandle] = {}
+        self._entries: dict[int, pyfuse3.EntryAttributes] = {}
         self._dirs: dict[int, _DirHandle] = {}
         self._next_fh = 1
 
@@ -235,6 +236,18 @@ class StoreFS(pyfuse3.Operations):
         else:
             a.st_mode = stat.S_IFDIR | 0o555
             a.st_size = data.size
+        return a
+
+    def _entry(self, ino: int) -> pyfuse3.EntryAttributes:
+        """The attributes of a tracked inode (ENOENT if unknown), built once and kept.
+
+        An inode's data never changes (a directory's size is fixed before it is populated), and
+        readdirplus asks for the attributes of every entry of every listing: `find` over a tree
+        otherwise rebuilds one EntryAttributes per entry per run.
+        """
+        a = self._entries.get(ino)
+        if a is None:
+            a = self._entries[ino] = self._attrs(ino, self._data(ino))
         return a
 
     def _data(self, ino: int) -> InodeData:
@@ -302,7 +315,7 @@ class StoreFS(pyfuse3.Operations):
             if i is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
             ino = data.children[i][0]
-        return self._attrs(ino, self.inodes.get(ino))
+        return self._entry(ino)
 
     async def _lookup_store_path(self, name: bytes) -> int:
         """The inode of the store path ``name`` (a basename), asking the PathInfoService the first time."""
@@ -337,7 +350,7 @@ class StoreFS(pyfuse3.Operations):
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         if inode == ROOT_INO:
             return self._attrs(ROOT_INO, None)
-        return self._attrs(inode, self._data(inode))
+        return self._entry(inode)
 
     async def forget(self, inode_list: Any) -> None:
         """Inodes are never freed: the numbers are content addresses, cheap to keep."""
@@ -380,7 +393,7 @@ class StoreFS(pyfuse3.Operations):
         # entry i has next-offset i + 1. No `.`/`..` entries, as in the reference.
         for i in range(start_id, len(entries)):
             ino, node = entries[i]
-            if not pyfuse3.readdir_reply(token, node.name, self._attrs(ino, self.inodes.get(ino)), i + 1):
+            if not pyfuse3.readdir_reply(token, node.name, self._entry(ino), i + 1):
                 return
 
     async def _list_root(self) -> list[tuple[int, AnyNode]]:
