@@ -100,3 +100,54 @@ def test_auto_format_is_json_when_not_a_terminal():
                         "structlog.get_logger('x').warning('shown')"],
                        capture_output=True, text=True, timeout=60, check=False, env=tvixd_env())
     assert [json.loads(ln)["event"] for ln in r.stderr.splitlines()] == ["shown"]
+
+
+LAZY_PROGRAM = r'''
+import os, sys, threading, warnings
+from tvixd import log
+
+log.configure(level="info", fmt="json")
+lazy = log.get_logger("tvixd.lazy")
+lazy.debug("below the level")
+# configure() and a filtered event import neither structlog nor logging (start-up time, see tvixd.log).
+print(sorted(m for m in ("structlog", "logging", "asyncio") if m in sys.modules))
+warnings.warn("an early warning")  # the first warning imports logging, which configures it
+import logging
+logging.getLogger("late.library").error("stdlib after configure: %d", 7)
+print("structlog" in sys.modules)
+lazy.info("emitted", n=1)  # imports structlog: configured on import
+import structlog
+structlog.get_logger("tvixd.direct").warning("direct after lazy")
+t = threading.Thread(target=lambda: {}["missing"], name="worker-2")
+t.start(); t.join()
+'''
+
+
+def test_configure_imports_neither_structlog_nor_logging_until_a_line_is_logged():
+    r = subprocess.run([sys.executable, "-c", LAZY_PROGRAM], capture_output=True, text=True, timeout=60,
+                       check=False, env=tvixd_env())  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["[]", "True"]  # logging a stdlib record renders it with structlog
+    events = [json.loads(line) for line in r.stderr.splitlines()]  # every line is JSON
+    for e in events:
+        assert {"timestamp", "level", "event", "logger"} <= e.keys()
+    by_logger = {e["logger"]: e for e in events}
+    assert "below the level" not in {e["event"] for e in events}
+    assert "an early warning" in by_logger["py.warnings"]["event"]
+    assert by_logger["py.warnings"]["level"] == "warning"
+    assert by_logger["late.library"]["event"] == "stdlib after configure: 7"
+    assert by_logger["tvixd.lazy"] == {**by_logger["tvixd.lazy"], "event": "emitted", "n": 1, "level": "info"}
+    assert by_logger["tvixd.direct"]["level"] == "warning"
+    thread = next(e for e in events if e["event"] == "uncaught exception in thread")
+    assert thread["thread"] == "worker-2" and thread["exception"][0]["exc_type"] == "KeyError"
+
+
+def test_lazy_logger_respects_the_level_and_console_format():
+    prog = ("from tvixd import log\nlog.configure(level='warning', fmt='console')\n"
+            "lg = log.get_logger('x')\nlg.info('hidden')\nlg.error('shown', a=1)\n"
+            "import sys\nprint('structlog' in sys.modules)")  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=60, check=False,
+                       env=tvixd_env())  # fmt: skip
+    assert r.returncode == 0 and r.stdout == "True\n"
+    assert "shown" in r.stderr and "a=1" in r.stderr and "hidden" not in r.stderr
+    assert not r.stderr.startswith("{")

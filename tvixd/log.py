@@ -6,23 +6,35 @@ daemon, via :func:`capture_stderr` — even the raw lines grpc's C core writes t
 In JSON mode each line is one object with ``timestamp`` (ISO 8601 UTC), ``level``, ``event`` and
 ``logger``; exceptions become structured fields (``exception``: a list of dicts with type, value,
 frames) instead of a multi-line traceback. Nothing is ever written to stdout.
+
+Start-up cost: importing structlog costs 70-140 ms (its ``__init__`` imports asyncio through
+``structlog.stdlib``, and colorama), ``logging`` ~10 ms, and most one-shot commands (``import``,
+``dump-path``, ``path-info``, ``cat``) log nothing. So :func:`configure` imports neither: it records
+the settings, and structlog (or ``logging``) is configured the moment anything imports it — an
+``import structlog`` anywhere, a library that logs, the first warning or uncaught exception.
+:func:`get_logger` is for code on a start-up path: it drops events below the level without
+importing structlog.
 """
 
 from __future__ import annotations
 
-import logging
+import importlib.util
 import os
 import sys
 import threading
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
-import structlog
-import structlog.tracebacks
+CRITICAL, ERROR, WARNING, INFO, DEBUG = 50, 40, 30, 20, 10
+"""The standard library's level numbers (``logging.ERROR`` ...), without importing ``logging``."""
 
-LEVELS = {"error": logging.ERROR, "warning": logging.WARNING, "warn": logging.WARNING,
-          "info": logging.INFO, "debug": logging.DEBUG, "trace": logging.DEBUG}
+LEVELS = {"error": ERROR, "warning": WARNING, "warn": WARNING, "info": INFO, "debug": DEBUG, "trace": DEBUG}
+
+_METHOD_LEVELS = {"debug": DEBUG, "info": INFO, "warning": WARNING, "warn": WARNING, "error": ERROR,
+                  "exception": ERROR, "critical": CRITICAL, "fatal": CRITICAL}  # fmt: skip
+
 
 class _Sink:
     """The one place log lines are written: one lock, one stream, whole lines (never interleaved)."""
@@ -73,19 +85,91 @@ def _logger_factory(*args: Any) -> _Logger:
     return _Logger(args[0] if args and isinstance(args[0], str) else "tvixd")
 
 
-class _SinkHandler(logging.Handler):
-    """The stdlib side: records of grpc, warnings and any library, formatted by structlog, into the sink."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            line = self.format(record)
-            if _sink is not None:
-                _sink.write_line(line)
-        except Exception:
-            self.handleError(record)
-
-
 _sink: _Sink | None = None
+_level = 0
+"""The configured threshold (0 until :func:`configure`: then structlog's own defaults decide)."""
+_fmt = "json"
+_stdlib_formatter: Any = None
+"""structlog's ProcessorFormatter for stdlib records, built with the structlog configuration."""
+
+
+def configure(level: str | None = None, fmt: str | None = None, stream: TextIO | None = None) -> None:
+    """Route structlog, stdlib logging, warnings and uncaught exceptions to stderr, one event per line.
+
+    ``fmt``: ``json``, ``console``, or ``auto``/``None`` (console on a terminal, else json).
+    structlog and ``logging`` are configured now if already imported, else when first imported.
+    """
+    global _sink, _level, _fmt
+    stream = stream or sys.stderr
+    _level = LEVELS.get((level or "info").lower(), INFO)
+    if fmt in (None, "auto"):
+        fmt = "console" if stream.isatty() else "json"
+    _fmt = fmt
+    _sink = _Sink(stream)
+    _after_import("logging", _configure_stdlib)
+    _after_import("structlog", _configure_structlog)
+    if "logging" not in sys.modules:
+        warnings.showwarning = _showwarning  # becomes logging's (captureWarnings) once logging is imported
+    sys.excepthook = _excepthook
+    threading.excepthook = _thread_excepthook
+
+
+def _configure_structlog() -> None:
+    """Apply the recorded settings to structlog (run by :func:`configure` or when structlog is imported)."""
+    global _stdlib_formatter
+    import structlog
+    import structlog.tracebacks
+
+    if _fmt == "json":
+        # The exception as data (type, value, frames), still one line. Without local
+        # variables: they bloat every error line and can carry request bytes into logs.
+        tracebacks = structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        )
+        final: list[Any] = [tracebacks, structlog.processors.JSONRenderer()]
+    else:
+        isatty = _sink is not None and _sink.stream.isatty()
+        final = [structlog.dev.ConsoleRenderer(colors=isatty)]
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        _normalize_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    structlog.configure(
+        processors=[*shared, *final],
+        logger_factory=_logger_factory,
+        wrapper_class=structlog.make_filtering_bound_logger(_level),
+        cache_logger_on_first_use=True,
+    )
+    _stdlib_formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
+    )
+
+
+def _configure_stdlib() -> None:
+    """Send stdlib records (and warnings) to the sink (run by :func:`configure` or when logging is imported)."""
+    import logging
+
+    class SinkHandler(logging.Handler):
+        """Records of grpc, warnings and any library, formatted by structlog, into the sink."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                if _stdlib_formatter is None:
+                    import structlog  # noqa: F401 (importing it configures it and builds the formatter)
+                line = _stdlib_formatter.format(record)
+                if _sink is not None:
+                    _sink.write_line(line)
+            except Exception:
+                self.handleError(record)
+
+    root = logging.getLogger()
+    root.handlers[:] = [SinkHandler()]
+    root.setLevel(_level)
+    logging.captureWarnings(True)
 
 
 def _normalize_level(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -96,71 +180,133 @@ def _normalize_level(_logger: Any, _name: str, event: dict[str, Any]) -> dict[st
     return event
 
 
-def configure(level: str | None = None, fmt: str | None = None, stream: TextIO | None = None) -> None:
-    """Route structlog, stdlib logging, warnings and uncaught exceptions to stderr, one event per line.
+class _RunAfterImport:
+    """A ``sys.meta_path`` finder that runs a callback right after a module's first import completes.
 
-    ``fmt``: ``json``, ``console``, or ``auto``/``None`` (console on a terminal, else json).
+    This is what lets :func:`configure` leave structlog and ``logging`` unimported: whoever imports
+    them first (``import structlog`` in a daemon module, grpc importing ``logging``) gets them configured.
     """
-    global _sink
-    stream = stream or sys.stderr
-    lvl = LEVELS.get((level or "info").lower(), logging.INFO)
-    if fmt in (None, "auto"):
-        fmt = "console" if stream.isatty() else "json"
-    if fmt == "json":
-        # The exception as data (type, value, frames), still one line. Without local
-        # variables: they bloat every error line and can carry request bytes into logs.
-        tracebacks = structlog.processors.ExceptionRenderer(
-            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
-        )
-        final: list[Any] = [tracebacks, structlog.processors.JSONRenderer()]
-    else:
-        final = [structlog.dev.ConsoleRenderer(colors=stream.isatty())]
-    shared: list[Any] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
-        _normalize_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
-    _sink = _Sink(stream)
-    structlog.configure(
-        processors=[*shared, *final],
-        logger_factory=_logger_factory,
-        wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        cache_logger_on_first_use=True,
-    )
-    handler = _SinkHandler()
-    handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=shared,
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
-        )
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(lvl)
-    logging.captureWarnings(True)
-    sys.excepthook = _excepthook
-    threading.excepthook = _thread_excepthook
+
+    def __init__(self) -> None:
+        self.pending: dict[str, Callable[[], None]] = {}
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        callback = self.pending.pop(fullname, None)
+        if callback is None:
+            return None
+        spec = importlib.util.find_spec(fullname)  # the other finders (this one no longer claims it)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _CallbackLoader(spec.loader, callback)
+        return spec
+
+
+class _CallbackLoader:
+    """Wraps a module's loader: execute the module, then the callback; anything else is the wrapped loader's."""
+
+    def __init__(self, loader: Any, callback: Callable[[], None]) -> None:
+        self._loader = loader
+        self._callback = callback
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self._loader.exec_module(module)
+        self._callback()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+
+_finder = _RunAfterImport()
+
+
+def _after_import(module: str, callback: Callable[[], None]) -> None:
+    """Run ``callback`` now if ``module`` is imported, else right after its first import."""
+    if module in sys.modules:
+        _finder.pending.pop(module, None)
+        callback()
+        return
+    _finder.pending[module] = callback
+    if _finder not in sys.meta_path:
+        sys.meta_path.insert(0, _finder)
+
+
+class LazyLogger:
+    """A structlog-style logger (``.debug(event, **kw)`` ...) that imports structlog only to emit.
+
+    Events below the configured level cost a dict lookup; the first one that is emitted imports
+    structlog (~0.1 s), which configures it. For one-shot commands that rarely log.
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def _emit(self, method: str, event: str, kw: dict[str, Any]) -> None:
+        if _METHOD_LEVELS[method] < _level:
+            return
+        import structlog
+
+        getattr(structlog.get_logger(self.name), method)(event, **kw)
+
+    def debug(self, event: str, **kw: Any) -> None:
+        self._emit("debug", event, kw)
+
+    def info(self, event: str, **kw: Any) -> None:
+        self._emit("info", event, kw)
+
+    def warning(self, event: str, **kw: Any) -> None:
+        self._emit("warning", event, kw)
+
+    def error(self, event: str, **kw: Any) -> None:
+        self._emit("error", event, kw)
+
+    def exception(self, event: str, **kw: Any) -> None:
+        self._emit("exception", event, kw)
+
+    def critical(self, event: str, **kw: Any) -> None:
+        self._emit("critical", event, kw)
+
+
+def get_logger(name: str) -> LazyLogger:
+    """A logger named ``name`` that does not import structlog until it emits (see :class:`LazyLogger`)."""
+    return LazyLogger(name)
+
+
+def _showwarning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: TextIO | None = None, line: str | None = None) -> None:  # fmt: skip
+    """The first warning imports ``logging`` (which configures it: captureWarnings) and logs the warning."""
+    import logging
+
+    if warnings.showwarning is not _showwarning:  # logging's, installed by the import just now
+        warnings.showwarning(message, category, filename, lineno, file, line)
+        return
+    text = warnings.formatwarning(message, category, filename, lineno, line)  # as logging.captureWarnings
+    logging.getLogger("py.warnings").warning("%s", text)
 
 
 def _excepthook(tp: type[BaseException], value: BaseException, tb: Any) -> None:
     if issubclass(tp, KeyboardInterrupt):
         sys.__excepthook__(tp, value, tb)
         return
+    import structlog
+
     structlog.get_logger("tvixd").critical("uncaught exception", exc_info=(tp, value, tb))
 
 
 def _thread_excepthook(args: threading.ExceptHookArgs) -> None:
     if args.exc_type is SystemExit:
         return
+    import structlog
+
     structlog.get_logger("tvixd").error(
         "uncaught exception in thread", thread=args.thread.name if args.thread else None,
         exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
 
 
-_CORE_LEVELS = {"E": logging.ERROR, "W": logging.WARNING, "I": logging.INFO, "F": logging.CRITICAL,
-                "D": logging.DEBUG}
+_CORE_LEVELS = {"E": ERROR, "W": WARNING, "I": INFO, "F": CRITICAL, "D": DEBUG}
 
 
 class StderrCapture:
@@ -199,12 +345,14 @@ class StderrCapture:
 
     @staticmethod
     def _pump(read_fd: int) -> None:
+        import logging
+
         logger = logging.getLogger("stderr")
         with os.fdopen(read_fd, "rb") as pipe:
             for raw in pipe:
                 line = raw.decode("utf-8", "replace").rstrip("\n")
                 if line.strip():
-                    level = _CORE_LEVELS.get(line[:1], logging.WARNING) if line[1:5].isdigit() else logging.WARNING
+                    level = _CORE_LEVELS.get(line[:1], WARNING) if line[1:5].isdigit() else WARNING
                     logger.log(level, line)
 
     def stop(self) -> None:

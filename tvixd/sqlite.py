@@ -15,8 +15,8 @@ many threads:
   store never becomes inconsistent (a path info is committed after its
   directories). FULL would cost one fsync per commit.
 - The schema is versioned with ``PRAGMA user_version``; :data:`MIGRATIONS`
-  (built with sqlite-utils) run in one ``BEGIN IMMEDIATE`` transaction, so two
-  processes opening a fresh file at once cannot both migrate it.
+  (plain SQL) run in one ``BEGIN IMMEDIATE`` transaction, so two processes
+  opening a fresh file at once cannot both migrate it.
 
 ``sqlite://`` (no path) is a temporary database in a fresh temp directory,
 removed on close (or at exit).
@@ -31,8 +31,7 @@ import sqlite3
 import tempfile
 import threading
 import weakref
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 from tvixd.errors import DataLoss, ResourceExhausted, StorageError, TvixError, Unavailable
 
@@ -40,20 +39,30 @@ BUSY_TIMEOUT = 30.0
 """Seconds a writer waits for another writer (any process) before failing ``Unavailable``."""
 
 
-def _migration_1(db: Any) -> None:
-    """Directories by digest, path infos by store path digest, the CalculateNAR cache."""
-    db["directories"].create({"digest": bytes, "data": bytes}, pk="digest", not_null=["data"], strict=True)
-    db["path_infos"].create({"digest": bytes, "data": bytes}, pk="digest", not_null=["data"], strict=True)
-    db["nar_cache"].create(
-        {"node_key": bytes, "nar_size": int, "nar_sha256": bytes},
-        pk="node_key",
-        not_null=["nar_size", "nar_sha256"],
-        strict=True,
-    )
+# Plain SQL, not sqlite-utils (which made version 1): importing sqlite_utils took ~0.3 s (it imports numpy
+# whenever installed), paid by the first command on every new store. The text is exactly what
+# sqlite-utils (4.2) wrote, so stores made by either code have the same schema in sqlite_master
+# (tests/test_sqlite_schema.py compares them).
+_MIGRATION_1 = (
+    """CREATE TABLE IF NOT EXISTS "directories" (
+   "digest" BLOB PRIMARY KEY,
+   "data" BLOB NOT NULL
+) STRICT""",
+    """CREATE TABLE IF NOT EXISTS "path_infos" (
+   "digest" BLOB PRIMARY KEY,
+   "data" BLOB NOT NULL
+) STRICT""",
+    """CREATE TABLE IF NOT EXISTS "nar_cache" (
+   "node_key" BLOB PRIMARY KEY,
+   "nar_size" INTEGER NOT NULL,
+   "nar_sha256" BLOB NOT NULL
+) STRICT""",
+)
+"""Directories by digest, path infos by store path digest, the CalculateNAR cache."""
 
-
-MIGRATIONS: list[Callable[[Any], None]] = [_migration_1]
-"""Migration ``i`` brings the schema from version ``i`` to ``i + 1``. Append only; never edit a released one."""
+MIGRATIONS: list[tuple[str, ...]] = [_MIGRATION_1]
+"""Migration ``i`` (its SQL statements) brings the schema from version ``i`` to ``i + 1``.
+Append only; never edit a released one."""
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 5, 6, 11, 13, 26
@@ -146,15 +155,13 @@ class SqliteDatabase:
             raise StorageError(
                 f"database {self.path} has schema version {version}, newer than this tvixd knows ({SCHEMA_VERSION})"
             )
-        import sqlite_utils  # only needed to migrate; keeps start-up fast otherwise
-
         conn.execute("BEGIN IMMEDIATE")
         try:
             # Re-read under the write lock: another process may have migrated meanwhile.
             (version,) = conn.execute("PRAGMA user_version").fetchone()
-            db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
             for migration in MIGRATIONS[version:]:
-                migration(db)
+                for statement in migration:  # one by one: executescript() would COMMIT first
+                    conn.execute(statement)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except BaseException:
             conn.execute("ROLLBACK")

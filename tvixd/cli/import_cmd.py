@@ -104,14 +104,13 @@ def run(args: argparse.Namespace) -> int:
     """Import each path; print store paths on stdout and per-path errors on stderr."""
     import json
 
-    import structlog
-
     from tvixd.castore import nixbase32
     from tvixd.cli.common import open_store
     from tvixd.errors import TvixError
     from tvixd.importer import DEFAULT_WORKERS, IngestError, import_path, show_path
+    from tvixd.log import get_logger
 
-    logger = structlog.get_logger("tvixd.import")
+    logger = get_logger("tvixd.import")  # imports structlog only if a line is logged (start-up time)
     failed = 0
     with open_store(args) as store:
         for path in args.paths:

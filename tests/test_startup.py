@@ -1,0 +1,54 @@
+"""Start-up: one-shot commands import no module they have no use for (structlog, logging, sqlite_utils).
+
+Speed itself is measured in bench/ (no timed assertions here); this checks the imports that make it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import tvixd_env
+
+NOT_FOR_ONE_SHOT = ("structlog", "asyncio", "sqlite_utils", "grpc", "gevent", "cryptography")
+"""(``logging`` too where possible; the import's thread pool, concurrent.futures, imports it.)"""
+
+
+def imported(*args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """Run ``python -X importtime -m tvixd ARGS``; its result and the top-level packages it imported."""
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "tvixd", *args], capture_output=True, text=True,
+                       timeout=120, check=False, env=tvixd_env())  # fmt: skip
+    names = set()
+    for line in r.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            names.add(line.rsplit("|", 1)[1].strip().split(".")[0])
+    return r, names
+
+
+def store_flags(state: Path) -> list[str]:
+    db = f"sqlite://{state / 'store.sqlite'}"
+    return ["--blob-service-addr", f"fs://{state / 'blobs'}", "--directory-service-addr", db,
+            "--path-info-service-addr", db]  # fmt: skip
+
+
+def test_one_file_import_into_a_fresh_store_and_path_info_import_nothing_heavy(tmp_path: Path):
+    src = tmp_path / "hello.txt"
+    src.write_bytes(b"hello\n")
+    flags = store_flags(tmp_path / "state")
+    r, names = imported("import", *flags, str(src))
+    assert r.returncode == 0, r.stderr
+    store_path = r.stdout.strip()
+    assert store_path.startswith("/nix/store/") and store_path.endswith("-hello.txt")
+    assert names & set(NOT_FOR_ONE_SHOT) == set()
+
+    r, names = imported("path-info", *flags, store_path)
+    assert r.returncode == 0 and store_path in r.stdout, r.stderr
+    assert names & {*NOT_FOR_ONE_SHOT, "logging"} == set()
+
+
+def test_a_failing_one_shot_command_still_reports_in_one_line(tmp_path: Path):
+    r, _ = imported("import", *store_flags(tmp_path / "state"), str(tmp_path / "missing"))
+    assert r.returncode == 1
+    errors = [ln for ln in r.stderr.splitlines() if not ln.startswith("import time:")]
+    assert len(errors) == 1 and "missing" in errors[0], errors
