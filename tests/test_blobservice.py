@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,7 +13,7 @@ from tests.fixtures import BLOB_A, BLOB_A_DIGEST, BLOB_B, BLOB_B_DIGEST, EMPTY_D
 from tvixd.blobservice.base import BlobService
 from tvixd.blobservice.from_addr import from_addr
 from tvixd.castore.digest import B3Digest
-from tvixd.errors import AlreadyClosed, InvalidRequest
+from tvixd.errors import AlreadyClosed, DataLoss, InvalidRequest
 
 
 def put(service: BlobService, data: bytes, chunk: int = 65536) -> B3Digest:
@@ -65,6 +66,22 @@ def test_put_twice_is_idempotent(blob_service):
     assert put(blob_service, BLOB_A) == BLOB_A_DIGEST
     assert put(blob_service, BLOB_A) == BLOB_A_DIGEST
     assert read_all(blob_service, BLOB_A_DIGEST) == BLOB_A
+
+
+@pytest.mark.parametrize(("data", "digest"), [(BLOB_A, BLOB_A_DIGEST), (BLOB_B, BLOB_B_DIGEST), (b"", EMPTY_DIGEST)])
+def test_read_verified(blob_service, data, digest):
+    assert blob_service.read_verified(digest, len(data)) is None
+    assert put(blob_service, data) == digest
+    assert blob_service.read_verified(digest, len(data)) == data
+
+
+@pytest.mark.parametrize("delta", [-1, 1, 1000])
+def test_read_verified_wrong_size_is_data_loss(blob_service, delta):
+    """The caller was told another size (a FileNode's): DataLoss naming the blob and both sizes."""
+    put(blob_service, BLOB_B)
+    expected = len(BLOB_B) + delta
+    with pytest.raises(DataLoss, match=re.escape(str(BLOB_B_DIGEST)) + f".*{expected}"):
+        blob_service.read_verified(BLOB_B_DIGEST, expected)
 
 
 def test_put_seek(blob_service):
@@ -291,6 +308,20 @@ def test_fs_corrupt_small_blob(fs_service, tmp_path):
     _flip_last_byte(tmp_path, BLOB_A_DIGEST)
     with pytest.raises(DataLoss):
         fs_service.open_read(BLOB_A_DIGEST).read(1024)
+
+
+@pytest.mark.parametrize(("data", "digest"), [(BLOB_A, BLOB_A_DIGEST), (BLOB_B, BLOB_B_DIGEST)], ids=["small", "big"])
+def test_fs_read_verified_corrupt_or_truncated(fs_service, tmp_path, data, digest):
+    """Same-size corruption and truncation are both DataLoss naming the blob: no bytes come back."""
+    put(fs_service, data)
+    _flip_last_byte(tmp_path, digest)
+    with pytest.raises(DataLoss, match=re.escape(str(digest)) + ".*corrupt"):
+        fs_service.read_verified(digest, len(data))
+    h = digest.hex()
+    with open(tmp_path / "blobs" / h[:2] / h[2:], "r+b") as f:
+        f.truncate(len(data) // 2)
+    with pytest.raises(DataLoss, match=re.escape(str(digest)) + f".*{len(data) // 2} bytes, not the {len(data)}"):
+        fs_service.read_verified(digest, len(data))
 
 
 def test_fs_truncated_blob(fs_service, tmp_path):

@@ -101,8 +101,11 @@ def nar_size(node: Tree) -> int:
     return 56 + body_size(node) + 16
 
 
-def write_tree(w: NarWriter, node: Tree, chunk: int = 5) -> None:
-    """Drive the writer over the tree (file contents in ``chunk``-byte pieces)."""
+def write_tree(w: NarWriter, node: Tree, chunk: int = 5, whole: bool = False) -> None:
+    """Drive the writer over the tree (file contents in ``chunk``-byte pieces).
+
+    ``whole``: file and symlink entries go through ``entry_file``/``entry_symlink`` (the renderer's way).
+    """
     if isinstance(node, File):
         c = node.contents
         w.file(len(c), node.executable, (c[i : i + chunk] for i in range(0, len(c), chunk)))
@@ -111,16 +114,22 @@ def write_tree(w: NarWriter, node: Tree, chunk: int = 5) -> None:
     else:
         w.directory_start()
         for name in sorted(node.entries):
-            w.entry_start(name)
-            write_tree(w, node.entries[name], chunk)
-            w.entry_end()
+            child = node.entries[name]
+            if whole and isinstance(child, File):
+                w.entry_file(name, child.contents, child.executable)
+            elif whole and isinstance(child, Link):
+                w.entry_symlink(name, child.target)
+            else:
+                w.entry_start(name)
+                write_tree(w, child, chunk, whole)
+                w.entry_end()
         w.directory_end()
 
 
-def render(node: Tree, chunk: int = 5, buffer_size: int = 64 * 1024) -> bytes:
+def render(node: Tree, chunk: int = 5, buffer_size: int = 64 * 1024, whole: bool = False) -> bytes:
     sink = Collect()
     w = NarWriter(sink, buffer_size=buffer_size)
-    write_tree(w, node, chunk)
+    write_tree(w, node, chunk, whole)
     assert w.finished
     return sink.data
 
@@ -256,6 +265,7 @@ def test_random_trees_match_grammar_and_size(seed: int) -> None:
     assert len(expected) == nar_size(tree)
     for chunk, buffer_size in [(1, 0), (7, 1), (4096, 64 * 1024), (100_000, 10)]:
         assert render(tree, chunk, buffer_size) == expected
+        assert render(tree, chunk, buffer_size, whole=True) == expected
 
 
 # --- streaming ----------------------------------------------------------------------------------------
@@ -296,6 +306,54 @@ def test_explicit_flush() -> None:
     assert sink.data == nar.TOK_START + nar.TOK_DIR
     w.flush()
     assert len(sink.writes) == 1
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 8, 9, 4095, 4096, 70_000])
+def test_whole_entries_match_the_long_form(size: int) -> None:
+    """entry_file/entry_symlink write exactly what entry_start + node + entry_end write."""
+    data = bytes(range(256)) * (size // 256 + 1)
+    data = data[:size]
+    for executable in (False, True):
+        tree = Dir({b"a": File(data, executable), b"b" * (size % 13 + 1) + b"c": Link(data[:size % 300] or b"x")})
+        assert render(tree, whole=True) == render(tree) == grammar_nar(tree)
+
+
+def test_entry_file_writes_large_contents_through() -> None:
+    big = bytes(range(256)) * 64
+    sink = Collect()
+    w = NarWriter(sink, buffer_size=1 << 20)
+    w.directory_start()
+    w.entry_file(b"big", big, False)
+    assert sink.writes[-1] is big  # handed to the sink as it is, after the buffered header
+    w.entry_file(b"small", b"abc", True)
+    w.directory_end()
+    assert sink.data == grammar_nar(Dir({b"big": File(big), b"small": File(b"abc", True)}))
+
+
+def test_whole_entries_check_names_order_and_state() -> None:
+    w = NarWriter(Collect())
+    with pytest.raises(NarStateError, match="entry_file"):
+        w.entry_file(b"a", b"", False)  # no directory open
+    w.directory_start()
+    w.entry_file(b"b", b"", False)
+    with pytest.raises(NarError, match="strictly increase"):
+        w.entry_file(b"a", b"", False)
+    with pytest.raises(NarError, match="strictly increase"):
+        w.entry_symlink(b"b", b"x")
+    with pytest.raises(NarError, match="invalid NAR entry name"):
+        w.entry_symlink(b"c/d", b"x")
+    w.entry_start(b"c")
+    with pytest.raises(NarStateError, match="entry_symlink"):
+        w.entry_symlink(b"d", b"x")  # the entry "c" still needs its node
+    w.file_start(1, False)
+    with pytest.raises(NarStateError):
+        w.entry_file(b"d", b"", False)  # inside an open file
+    w.file_chunk(b"x")
+    w.file_end()
+    w.entry_end()
+    w.entry_symlink(b"d", b"x")
+    w.directory_end()
+    assert w.finished
 
 
 def test_low_level_file_api_and_empty_chunks() -> None:

@@ -99,6 +99,44 @@ def test_get_recursive_missing_root_fails_at_call(directory_service):
         directory_service.get_recursive(DIRECTORY_B_DIGEST)
 
 
+def test_get_closure(directory_service):
+    root = Directory(
+        directories=[
+            DirectoryNode(name=b"a", digest=DIRECTORY_A_DIGEST, size=0),
+            DirectoryNode(name=b"b", digest=DIRECTORY_B_DIGEST, size=1),
+        ]
+    )
+    root_digest = put_all(directory_service, DIRECTORY_A, DIRECTORY_B, root)
+    put_all(directory_service, DIRECTORY_WITH_KEEP)  # not part of the closure
+    assert directory_service.get_closure(root_digest) == {
+        root_digest: root,
+        DIRECTORY_A_DIGEST: DIRECTORY_A,
+        DIRECTORY_B_DIGEST: DIRECTORY_B,
+    }
+    assert directory_service.get_closure(DIRECTORY_A_DIGEST) == {DIRECTORY_A_DIGEST: DIRECTORY_A}
+
+
+def test_get_closure_wide_level(directory_service):
+    """1,200 distinct children on one level (more than one SQLite ``IN`` batch), plus a shared grandchild."""
+    children = [
+        Directory(
+            directories=[DirectoryNode(name=b"a", digest=DIRECTORY_A_DIGEST, size=0)],
+            symlinks=[SymlinkNode(name=b"l", target=b"%d" % i)],
+        )
+        for i in range(1200)
+    ]
+    digests = [directory_digest(c) for c in children]
+    root = Directory(directories=[DirectoryNode(name=b"c%04d" % i, digest=d, size=2) for i, d in enumerate(digests)])
+    root_digest = put_all(directory_service, DIRECTORY_A, *children, root)
+    closure = directory_service.get_closure(root_digest)
+    assert closure == {root_digest: root, DIRECTORY_A_DIGEST: DIRECTORY_A, **dict(zip(digests, children, strict=True))}
+
+
+def test_get_closure_missing_root(directory_service):
+    with pytest.raises(NotFound, match=str(DIRECTORY_B_DIGEST).replace("+", r"\+")):
+        directory_service.get_closure(DIRECTORY_B_DIGEST)
+
+
 def test_put_reject_failed_validation(directory_service):
     bad = Directory(symlinks=[SymlinkNode(name=b"", target=b"x")])
     with pytest.raises(InvalidRequest, match="failed validation"):
@@ -402,6 +440,27 @@ def test_sqlite_corrupt_row_is_data_loss(tmp_path, corruption):
         db.execute("UPDATE directories SET data = ? WHERE digest = ?", (data, bytes(DIRECTORY_B_DIGEST)))
     with pytest.raises(DataLoss, match=str(DIRECTORY_B_DIGEST).replace("+", r"\+")):
         svc.get(DIRECTORY_B_DIGEST)
+    svc.close()
+
+
+@pytest.mark.parametrize("damage", ["deleted", "corrupt"])
+def test_sqlite_closure_with_a_damaged_descendant(tmp_path, damage):
+    """A missing descendant row is NotFound, a corrupt one DataLoss; both name the descendant."""
+    import re
+    import sqlite3
+
+    from tvixd.errors import DataLoss
+
+    path = tmp_path / "store.sqlite"
+    svc = from_addr(f"sqlite://{path}")
+    put_all(svc, DIRECTORY_A, DIRECTORY_B)
+    with sqlite3.connect(path) as db:
+        if damage == "deleted":
+            db.execute("DELETE FROM directories WHERE digest = ?", (bytes(DIRECTORY_A_DIGEST),))
+        else:
+            db.execute("UPDATE directories SET data = ? WHERE digest = ?", (b"\x0a", bytes(DIRECTORY_A_DIGEST)))
+    with pytest.raises(NotFound if damage == "deleted" else DataLoss, match=re.escape(str(DIRECTORY_A_DIGEST))):
+        svc.get_closure(DIRECTORY_B_DIGEST)
     svc.close()
 
 

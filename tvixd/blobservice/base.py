@@ -14,6 +14,7 @@ from collections.abc import Callable
 from types import TracebackType
 
 from tvixd.castore.digest import B3Digest
+from tvixd.errors import DataLoss
 
 
 class BlobReader(io.RawIOBase):
@@ -163,6 +164,33 @@ class BlobService(ABC):
     @abstractmethod
     def open_read(self, digest: bytes) -> BlobReader | None:
         """A reader over the blob, or ``None`` if it does not exist."""
+
+    def read_verified(self, digest: bytes, size: int) -> bytes | None:
+        """The whole blob in one piece, checked against its digest, or ``None`` if it does not exist.
+
+        For callers that know the length (a FileNode's ``size``) and keep the blob in
+        memory anyway (small files of a NAR): a backend can then fetch it in one go
+        (fs:// does one open, one read, one hash). The bytes come back only after the
+        whole blob was verified (``DataLoss`` naming the digest otherwise, as a reader
+        raises); a blob of another length raises ``DataLoss`` naming both lengths,
+        having read at most ``size + 1`` bytes. This default reads through
+        :meth:`open_read` up to EOF, where a verifying reader makes its check.
+        """
+        reader = self.open_read(digest)
+        if reader is None:
+            return None
+        with reader:
+            if reader.size is not None and reader.size != size:
+                raise DataLoss(f"blob {B3Digest(digest)} has {reader.size} bytes, not the {size} expected")
+            parts = []
+            got = 0
+            while got <= size and (chunk := reader.read(size + 1 - got)):
+                parts.append(chunk)
+                got += len(chunk)
+        if got != size:
+            has = f"more than {size}" if got > size else str(got)
+            raise DataLoss(f"blob {B3Digest(digest)} has {has} bytes, not the {size} expected")
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     @abstractmethod
     def open_write(self) -> BlobWriter:

@@ -106,6 +106,17 @@ class DirectoryService(ABC):
         it from the iterator.
         """
 
+    def get_closure(self, digest: bytes) -> dict[B3Digest, Directory]:
+        """The directory and all its descendants, by digest: for walking a whole tree (rendering a NAR).
+
+        Missing directories raise :class:`tvixd.errors.NotFound` naming one. This default
+        collects :meth:`get_recursive` (one stream for a gRPC backend); SQLite answers with
+        one query per tree level instead of one per directory.
+        """
+        from tvixd.castore.directory import directory_digest
+
+        return {directory_digest(d): d for d in self.get_recursive(digest)}
+
     @abstractmethod
     def put_multiple_start(self) -> DirectoryPutter:
         """A putter for one all-or-nothing upload."""
