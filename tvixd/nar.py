@@ -124,6 +124,8 @@ class _Renderer:
                 w.file_end()
             except NarSizeError as e:
                 raise DataLoss(f"entry {node.name!r} (blob {digest}): {e}") from e
+            except DataLoss as e:  # the verifying reader's: corrupt or truncated on disk
+                raise DataLoss(f"entry {node.name!r}: {e}") from e
 
     def render(self, root: AnyNode) -> None:
         w = self.writer
