@@ -12,6 +12,8 @@ Needs /dev/fuse. One embedded store (fs:// blobs + sqlite://) in a temp dir gets
   (directories fetched lazily from sqlite) and again on the same mount (tvixd's inodes known).
 
 Every number is the median of --runs runs after one untimed warm-up of the reference side.
+With --requests it instead counts the FUSE requests of one cold `find`, a warm `find` and a `cat`
+(per operation, plus the sizes of the reads the kernel sent), from a mount whose handlers count.
 Goals (issue 5): read >= 0.5x the direct read's throughput, cold find within 3x of the original.
 With --record the results replace the "fuse" section of BENCHMARKS.md.
 """
@@ -29,6 +31,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -88,6 +91,79 @@ def mounted(state: Path, dest: Path) -> Iterator[Mount]:
         subprocess.run(["fusermount3", "-u", "-z", str(dest)], capture_output=True, check=False)
 
 
+def serve_counting(dest: Path, state: Path, out: Path) -> None:
+    """Child process of --requests: `tvixd mount` with every handler counted; SIGUSR1 writes the counts to ``out``."""
+    import collections
+    import functools
+    import json
+    import signal as signals
+
+    import tvixd.fuse.fs as fs
+    from tvixd.fuse.mount import serve
+    from tvixd.store import Store, StoreAddrs
+
+    counts: collections.Counter[str] = collections.Counter()
+
+    def counted(name: str, method: Any) -> Any:
+        @functools.wraps(method)
+        async def wrapper(self: Any, *args: Any) -> Any:
+            counts[name] += 1
+            if name == "read":
+                counts[f"read of {args[2] >> 10} KiB"] += 1
+            return await method(self, *args)
+
+        return wrapper
+
+    ops = ("lookup", "getattr", "readlink", "opendir", "readdir", "releasedir", "open", "read", "release", "flush",
+           "getxattr", "listxattr", "statfs", "forget")  # fmt: skip
+    counting = type("CountingStoreFS", (fs.StoreFS,), {op: counted(op, getattr(fs.StoreFS, op)) for op in ops})
+    fs.StoreFS = counting  # type: ignore[misc]  # what serve() instantiates
+    signals.signal(signals.SIGUSR1, lambda *_: out.write_text(json.dumps(counts)))
+    with Store.open(StoreAddrs.embedded(state)) as store:
+        serve(store, dest, on_ready=lambda: out.write_text("{}"))
+
+
+def count_requests(state: Path, tmp: Path, big_name: str, tree_name: str) -> str:
+    """A markdown table: FUSE requests per operation for a cold find, a warm find and a cat, on one fresh mount."""
+    import json
+
+    dest, out = tmp / "mnt-count", tmp / "counts.json"
+    dest.mkdir()
+    proc = subprocess.Popen([sys.executable, __file__, "--serve-counting", str(dest), str(state), str(out)],
+                            env=tvixd_env())  # fmt: skip
+    phases: list[tuple[str, dict[str, int]]] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not out.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the counting mount did not come up")
+            time.sleep(0.05)
+
+        def snapshot() -> dict[str, int]:
+            out.unlink()
+            proc.send_signal(signal.SIGUSR1)
+            while not out.exists():
+                time.sleep(0.01)
+            time.sleep(0.05)  # the write is not atomic; it is tiny
+            return json.loads(out.read_text())
+
+        before = snapshot()
+        find = ["find", str(dest / tree_name)]
+        cat = ["cat", str(dest / big_name)]
+        for what, cmd in [("cold `find`", find), ("warm `find`", find), ("`cat` big file", cat)]:
+            run_once(cmd)
+            after = snapshot()
+            phases.append((what, {k: after.get(k, 0) - before.get(k, 0) for k in after}))
+            before = after
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        subprocess.run(["fusermount3", "-u", "-z", str(dest)], capture_output=True, check=False)
+    ops = sorted({k for _, c in phases for k, n in c.items() if n})
+    rows = [[op, *(str(c.get(op, 0)) for _, c in phases)] for op in ops]
+    return markdown_table(["request", *(what for what, _ in phases)], rows)
+
+
 def median_time(cmd: list[str], runs: int) -> float:
     return statistics.median(run_once(cmd).seconds for _ in range(runs))
 
@@ -110,11 +186,15 @@ Where the time goes (library comparison and a C floor in the "fuse-lib" section)
 
 
 def main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "--serve-counting":
+        serve_counting(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--big-mib", type=int, default=512)
     ap.add_argument("--tree", type=Path, default=Path("/usr/share/doc"))
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--record", action="store_true")
+    ap.add_argument("--requests", action="store_true", help="count the FUSE requests per operation instead")
     args = ap.parse_args()
 
     from tvixd.blobservice.fs import FsBlobService
@@ -131,6 +211,9 @@ def main() -> None:
                 f.write(os.urandom(2**20))
         big_name = tvixd_import(state, big)
         tree_name = tvixd_import(state, args.tree)
+        if args.requests:
+            print(count_requests(state, tmp, big_name, tree_name))
+            return
         import blake3
 
         hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
