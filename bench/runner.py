@@ -61,6 +61,9 @@ HEAVY_FOR_IMPORT = ("grpc", "gevent", "cryptography", "pyfuse3", "trio", "struct
 """Modules an embedded `tvixd import` has no use for (it needs protobuf, blake3 and sqlite3), into an existing
 or a fresh store: structlog is imported only when a line is logged, the schema is plain SQL."""
 
+HEAVY_FOR_PATH_INFO = (*HEAVY_FOR_IMPORT, "logging", "asyncio")
+"""`tvixd path-info` (read one path info) also has no thread pool, hence no `logging` (concurrent.futures')."""
+
 
 @dataclass
 class Row:
@@ -219,7 +222,8 @@ def area_startup(cfg: Config) -> tuple[list[Row], str]:
         return src
 
     seed = one_file(-1)
-    run_once([*tvixd_cmd(), "import", *store_flags(state), str(seed)], env=env)
+    seed_path = subprocess.run([*tvixd_cmd(), "import", *store_flags(state), str(seed)], env=env, check=True,
+                               capture_output=True, text=True).stdout.strip()  # fmt: skip
     if has_nix:
         run_once(nix_add(nix_store, seed), env=env_nix)
     ours, nix = Measurement(), Measurement()
@@ -231,6 +235,9 @@ def area_startup(cfg: Config) -> tuple[list[Row], str]:
     fresh = cfg.work / "one-file-fresh"
     ours_fresh = measure(lambda i: [*tvixd_cmd(), "import", *store_flags(fresh), str(seed)], runs, env=env,
                          before_each=lambda i: _rmtree(fresh))  # fmt: skip
+    path_info_cmd = [*tvixd_cmd(), "path-info", *store_flags(state), seed_path]
+    path_info = measure(lambda i: path_info_cmd, runs, env=env)
+    heavy_path_info = heavy_imports(path_info_cmd[1:], HEAVY_FOR_PATH_INFO, env)
     _rmtree(fresh)
     heavy_import = sorted({
         *heavy_imports(["-m", "tvixd", "import", *store_flags(state), str(one_file(runs))], HEAVY_FOR_IMPORT, env),
@@ -247,10 +254,13 @@ def area_startup(cfg: Config) -> tuple[list[Row], str]:
                   ref_label="`python -c pass` "),
         Row("heavy modules imported by a one-file import", ", ".join(heavy_import) or "none", "-", None,
             "none of " + "/".join(HEAVY_FOR_IMPORT), not heavy_import),
+        ratio_row("`tvixd path-info` (start-up + store open)", path_info, got["py"], ref_label="`python -c pass` "),
+        Row("heavy modules imported by `tvixd path-info`", ", ".join(heavy_path_info) or "none", "-", None,
+            "none of " + "/".join(HEAVY_FOR_PATH_INFO), not heavy_path_info),
     ]  # fmt: skip
     notes = (
         f"Median of {runs} runs each, interleaved. Heavy modules found with `python -X importtime -m tvixd "
-        "--help` (and the same for the import into the existing store and into a fresh one)."
+        "--help` (and the same for the import into the existing store and into a fresh one, and path-info)."
     )
     return rows, notes
 
