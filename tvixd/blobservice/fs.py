@@ -345,6 +345,7 @@ class FsBlobService(BlobService):
 
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
+        self._prefix = os.path.join(self.root, "")  # the root with exactly one trailing "/"
         self.tmp_dir = os.path.join(self.root, TMP_DIR)
         try:
             os.makedirs(self.tmp_dir, exist_ok=True)
@@ -369,7 +370,7 @@ class FsBlobService(BlobService):
     def path_of(self, digest: B3Digest) -> str:
         """The file of a blob: only hex digits of a validated digest go into the path."""
         h = digest.hex()
-        return os.path.join(self.root, h[:2], h[2:])
+        return f"{self._prefix}{h[:2]}/{h[2:]}"  # os.path.join was ~10% of rendering a NAR of small files
 
     def _publish(self, tmp_path: str, final: str) -> None:
         """Rename a synced temp file to its final name and make the rename durable."""

@@ -82,11 +82,6 @@ class NarStateError(StorageError):
     """The writer was driven out of NAR order (a bug in the caller, not bad data)."""
 
 
-def _check_entry_name(name: bytes) -> None:
-    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
-        raise NarError(f"invalid NAR entry name {bytes(name)!r}")
-
-
 class NarWriter:
     """Writes one NAR to ``sink`` (a callable taking bytes), node by node in NAR order.
 
@@ -224,7 +219,8 @@ class NarWriter:
         frame = stack[-1]
         if frame[1] != _IDLE:
             raise NarStateError(f"NAR writer: {what} before the previous entry_end()")
-        _check_entry_name(name)
+        if not name or b"/" in name or b"\0" in name or name in (b".", b".."):  # inline: once per entry
+            raise NarError(f"invalid NAR entry name {bytes(name)!r}")
         previous = frame[0]
         if previous is not None and name <= previous:
             raise NarError(f"NAR entry names must strictly increase: {bytes(name)!r} after {previous!r}")
