@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from tvixd.blobservice.base import BlobService
 from tvixd.castore.digest import B3Digest
-from tvixd.castore.directory import directory_digest, directory_nodes
+from tvixd.castore.directory import directory_nodes
 from tvixd.directoryservice.base import DirectoryService
 from tvixd.errors import DataLoss, InvalidRequest, NotFound
 from tvixd.proto.castore_pb2 import Directory, DirectoryNode, FileNode
@@ -116,8 +116,7 @@ def plan_nar(root: Node, blob_service: BlobService, directory_service: Directory
     """
     directories: dict[bytes, Directory] = {}
     if root.WhichOneof("node") == "directory":
-        for directory in directory_service.get_recursive(root.directory.digest):
-            directories.setdefault(directory_digest(directory), directory)
+        directories.update(directory_service.get_closure(root.directory.digest))
     size = 0
     checked: set[bytes] = set()
     try:
@@ -168,6 +167,8 @@ def render_nar(
         pos += seg_len
         if isinstance(seg, bytes):
             buf += seg[lo:hi]
+        elif lo == 0 and hi == seg.size <= small:
+            buf += _whole_blob(blob_service, seg)
         elif hi - lo <= small:
             for data in _blob_range(blob_service, seg, lo, hi, chunk_size):
                 buf += data
@@ -182,6 +183,14 @@ def render_nar(
             del buf[:chunk_size]
     if buf:
         yield bytes(buf)
+
+
+def _whole_blob(blob_service: BlobService, seg: _FileSegment) -> bytes:
+    """A whole small blob, verified before it is used (fs://: one open, one read, one hash)."""
+    data = blob_service.read_verified(seg.digest, seg.size)
+    if data is None:
+        raise NotFound(f"blob {seg.digest} not found")
+    return data
 
 
 def _blob_range(blob_service: BlobService, seg: _FileSegment, lo: int, hi: int, chunk_size: int) -> Iterator[bytes]:
