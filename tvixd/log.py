@@ -232,6 +232,20 @@ def _after_import(module: str, callback: Callable[[], None]) -> None:
         sys.meta_path.insert(0, _finder)
 
 
+def _lazy_method(method: str) -> Callable[..., None]:
+    """``LazyLogger.<method>``: return at once below the level, else forward to structlog (importing it)."""
+
+    def emit(self: LazyLogger, event: str, **kw: Any) -> None:
+        if _METHOD_LEVELS[method] < _level:
+            return
+        import structlog
+
+        getattr(structlog.get_logger(self.name), method)(event, **kw)
+
+    emit.__name__ = emit.__qualname__ = method
+    return emit
+
+
 class LazyLogger:
     """A structlog-style logger (``.debug(event, **kw)`` ...) that imports structlog only to emit.
 
@@ -244,30 +258,12 @@ class LazyLogger:
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def _emit(self, method: str, event: str, kw: dict[str, Any]) -> None:
-        if _METHOD_LEVELS[method] < _level:
-            return
-        import structlog
-
-        getattr(structlog.get_logger(self.name), method)(event, **kw)
-
-    def debug(self, event: str, **kw: Any) -> None:
-        self._emit("debug", event, kw)
-
-    def info(self, event: str, **kw: Any) -> None:
-        self._emit("info", event, kw)
-
-    def warning(self, event: str, **kw: Any) -> None:
-        self._emit("warning", event, kw)
-
-    def error(self, event: str, **kw: Any) -> None:
-        self._emit("error", event, kw)
-
-    def exception(self, event: str, **kw: Any) -> None:
-        self._emit("exception", event, kw)
-
-    def critical(self, event: str, **kw: Any) -> None:
-        self._emit("critical", event, kw)
+    debug = _lazy_method("debug")
+    info = _lazy_method("info")
+    warning = _lazy_method("warning")
+    error = _lazy_method("error")
+    exception = _lazy_method("exception")
+    critical = _lazy_method("critical")
 
 
 def get_logger(name: str) -> LazyLogger:
