@@ -252,6 +252,43 @@ def test_client_cancelling_directory_put_leaves_nothing(tmp_path):
         assert e.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_one_access_line_per_call_also_when_the_client_leaves_first(tmp_path):
+    """The access line waits for the servicer and for the call's end on the wire, whichever comes last."""
+    with start_daemon(tmp_path, *MEMORY) as d:
+        with grpc.insecure_channel(d.target) as ch:
+            blobs = rpc_blobstore_pb2_grpc.BlobServiceStub(ch)
+            data = os.urandom(16 << 20)  # far more than the flow-control windows hold
+            put = blobs.Put(iter([BlobChunk(data=data[i:i + (1 << 20)]) for i in range(0, len(data), 1 << 20)]),
+                            metadata=[("x-request-id", "put-ok")])
+            blobs.Stat(StatBlobRequest(digest=put.digest), metadata=[("x-request-id", "stat-ok")])
+            with pytest.raises(grpc.RpcError):
+                blobs.Stat(StatBlobRequest(digest=bytes(32)), metadata=[("x-request-id", "stat-missing")])
+            # The client leaves while the servicer is still streaming the blob out...
+            stream = blobs.Read(ReadBlobRequest(digest=put.digest), metadata=[("x-request-id", "read-left")])
+            assert next(stream).data
+            stream.cancel()
+            # ... and while the servicer still waits for more of an upload.
+            gate = threading.Event()
+
+            def requests():
+                yield BlobChunk(data=b"x" * 1000)
+                gate.wait(30)
+
+            future = blobs.Put.future(requests(), metadata=[("x-request-id", "put-left")])
+            time.sleep(0.5)
+            future.cancel()
+            gate.set()
+            # A call after them all: its answer proves the daemon kept serving.
+            blobs.Stat(StatBlobRequest(digest=put.digest), metadata=[("x-request-id", "stat-last")])
+        assert d.stop() == 0
+    codes: dict[str, list[str]] = {}
+    for e in d.events():
+        if e["event"] == "rpc":
+            codes.setdefault(e["request_id"], []).append(e["code"])
+    assert codes == {"put-ok": ["OK"], "stat-ok": ["OK"], "stat-missing": ["NOT_FOUND"], "read-left": ["CANCELLED"],
+                     "put-left": ["CANCELLED"], "stat-last": ["OK"]}
+
+
 # --- proxy mode ---------------------------------------------------------------------------------------
 
 

@@ -7,14 +7,22 @@ handed the raw wire bytes of each request message) and response serializer (whic
 bytes of each response message) — streaming calls included, without serializing anything twice.
 
 The request id is the client's ``x-request-id`` metadata when present (so a proxy's id survives),
-else a fresh uuid4; it is bound into structlog's context while the servicer runs, so every log line
-the call causes carries it.
+else 128 fresh random bits as 32 hex digits (the form of a uuid4's hex, at a third of its cost); it is
+bound into structlog's context while the servicer runs, so every log line the call causes carries it.
+
+The status, duration and metrics are settled when the servicer is done, as before; the access-log
+line itself is written once the call has also ended on the wire (grpcio's termination callback, on
+its polling thread), so rendering it is not part of the latency the client sees: for a unary call
+it used to run between serializing the response and sending it (measured ~100 µs of a ~0.7 ms Stat
+on the benchmark machine). grpcio runs every call's termination callbacks before the server stops
+serving, so each call still gets exactly one line.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,12 +34,15 @@ _access = structlog.get_logger("tvixd.access")
 # Codes that mean a bug or corruption on our side: logged at error level, the rest at info.
 _ERROR_CODES = frozenset({grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS})
 
+# Guards CallRecord.line_waits: the servicer's thread and grpcio's polling thread both count it down.
+_line_lock = threading.Lock()
+
 
 class CallRecord:
     """What one RPC did; filled in while it runs, reported once when it ends."""
 
-    __slots__ = ("bytes_in", "bytes_out", "code", "context", "done", "duration", "messages_in", "messages_out",
-                 "method", "peer", "request_id", "start")
+    __slots__ = ("bytes_in", "bytes_out", "code", "context", "done", "duration", "line_waits", "messages_in",
+                 "messages_out", "method", "peer", "request_id", "start")
 
     def __init__(self, method: str, request_id: str) -> None:
         self.method = method
@@ -43,6 +54,7 @@ class CallRecord:
         self.code = grpc.StatusCode.OK
         self.done = False
         self.context: grpc.ServicerContext | None = None
+        self.line_waits = 1  # the access line waits for the record; +1 while the call is still on the wire
 
 
 class Observer:
@@ -71,7 +83,7 @@ class ObservingInterceptor(grpc.ServerInterceptor):
             if key == "x-request-id" and isinstance(value, str) and value:
                 request_id = value[:128]  # a client-chosen string: bounded before it reaches the log
                 break
-        call = CallRecord(handler_call_details.method, request_id or uuid.uuid4().hex)
+        call = CallRecord(handler_call_details.method, request_id or os.urandom(16).hex())
         return self._wrap(handler, call)
 
     # -- wrapping -------------------------------------------------------------------------------
@@ -134,6 +146,10 @@ class ObservingInterceptor(grpc.ServerInterceptor):
         call.context = context
         call.peer = context.peer()
         structlog.contextvars.bind_contextvars(request_id=call.request_id)
+        if self.access_log:
+            call.line_waits = 2  # set first: the callback may run (on grpcio's thread) before add_callback returns
+            if not context.add_callback(lambda: self._line_ready(call)):
+                call.line_waits = 1  # the call already ended (the client left): the record alone decides
         for observer in self.observers:
             observer.started(call)
 
@@ -155,10 +171,19 @@ class ObservingInterceptor(grpc.ServerInterceptor):
         for observer in self.observers:
             observer.finished(call)
         if self.access_log:
-            log = _access.error if call.code in _ERROR_CODES else _access.info
-            log("rpc", method=call.method, peer=call.peer, code=call.code.name,
-                duration_ms=round(call.duration * 1000, 3), bytes_in=call.bytes_in, bytes_out=call.bytes_out,
-                messages_in=call.messages_in, messages_out=call.messages_out, request_id=call.request_id)
+            self._line_ready(call)
+
+    @staticmethod
+    def _line_ready(call: CallRecord) -> None:
+        """One of the access line's two conditions holds (record settled, call ended); write it after both."""
+        with _line_lock:
+            call.line_waits -= 1
+            if call.line_waits:
+                return
+        log = _access.error if call.code in _ERROR_CODES else _access.info
+        log("rpc", method=call.method, peer=call.peer, code=call.code.name,
+            duration_ms=round(call.duration * 1000, 3), bytes_in=call.bytes_in, bytes_out=call.bytes_out,
+            messages_in=call.messages_in, messages_out=call.messages_out, request_id=call.request_id)
 
 
 class DaemonObservability:
