@@ -287,6 +287,7 @@ def test_one_access_line_per_call_also_when_the_client_leaves_first(tmp_path):
             codes.setdefault(e["request_id"], []).append(e["code"])
     assert codes == {"put-ok": ["OK"], "stat-ok": ["OK"], "stat-missing": ["NOT_FOUND"], "read-left": ["CANCELLED"],
                      "put-left": ["CANCELLED"], "stat-last": ["OK"]}
+    assert not [e for e in d.events() if e["level"] == "error"]  # a client leaving is not an internal error
 
 
 # --- proxy mode ---------------------------------------------------------------------------------------

@@ -112,6 +112,10 @@ def _fail(context: grpc.ServicerContext, method: str, exc: Exception) -> None:
         # The client went away while we read its request stream: nobody to answer.
         raise exc
     code = code_for(exc)
+    if code is not None and not context.is_active():
+        # The client went away (cancelled, disconnected, deadline) and our refusal follows from that, e.g.
+        # the upload check of _client_stayed: record the call as cancelled, not as an internal error.
+        context.abort(grpc.StatusCode.CANCELLED, f"client went away: {exc}")
     if code is None:
         _log.error("unexpected error", method=method, exc_info=exc)
         code, message = grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}: {exc}"
