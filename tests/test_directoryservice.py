@@ -75,8 +75,11 @@ def test_put_get_dedup(directory_service):
     assert list(directory_service.get_recursive(DIRECTORY_C_DIGEST)) == [DIRECTORY_C, DIRECTORY_A]
 
 
-def test_get_recursive_pending_queue_dedup(directory_service):
-    """R → {a: A, b: B}, B → {a: A}: A is emitted twice, as the reference does (Part A §4)."""
+def test_get_recursive_pending_queue_dedup_and_closure(directory_service):
+    """R → {a: A, b: B}, B → {a: A}: A is emitted twice, as the reference does (Part A §4).
+
+    ``get_closure`` has each directory once, and nothing outside the closure.
+    """
     root = Directory(
         directories=[
             DirectoryNode(name=b"a", digest=DIRECTORY_A_DIGEST, size=0),
@@ -84,8 +87,15 @@ def test_get_recursive_pending_queue_dedup(directory_service):
         ]
     )
     root_digest = put_all(directory_service, DIRECTORY_A, DIRECTORY_B, root)
+    put_all(directory_service, DIRECTORY_WITH_KEEP)  # not part of the closure
     assert root_digest == directory_digest(root)
     assert list(directory_service.get_recursive(root_digest)) == [root, DIRECTORY_A, DIRECTORY_B, DIRECTORY_A]
+    assert directory_service.get_closure(root_digest) == {
+        root_digest: root,
+        DIRECTORY_A_DIGEST: DIRECTORY_A,
+        DIRECTORY_B_DIGEST: DIRECTORY_B,
+    }
+    assert directory_service.get_closure(DIRECTORY_A_DIGEST) == {DIRECTORY_A_DIGEST: DIRECTORY_A}
 
 
 def test_get_recursive_complicated(directory_service):
@@ -97,23 +107,6 @@ def test_get_recursive_complicated(directory_service):
 def test_get_recursive_missing_root_fails_at_call(directory_service):
     with pytest.raises(NotFound, match=str(DIRECTORY_B_DIGEST).replace("+", r"\+")):
         directory_service.get_recursive(DIRECTORY_B_DIGEST)
-
-
-def test_get_closure(directory_service):
-    root = Directory(
-        directories=[
-            DirectoryNode(name=b"a", digest=DIRECTORY_A_DIGEST, size=0),
-            DirectoryNode(name=b"b", digest=DIRECTORY_B_DIGEST, size=1),
-        ]
-    )
-    root_digest = put_all(directory_service, DIRECTORY_A, DIRECTORY_B, root)
-    put_all(directory_service, DIRECTORY_WITH_KEEP)  # not part of the closure
-    assert directory_service.get_closure(root_digest) == {
-        root_digest: root,
-        DIRECTORY_A_DIGEST: DIRECTORY_A,
-        DIRECTORY_B_DIGEST: DIRECTORY_B,
-    }
-    assert directory_service.get_closure(DIRECTORY_A_DIGEST) == {DIRECTORY_A_DIGEST: DIRECTORY_A}
 
 
 def test_get_closure_wide_level(directory_service):

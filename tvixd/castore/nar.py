@@ -17,6 +17,10 @@ The writer is driven in NAR order by the renderer (``tvixd.nar``) and the import
     w.entry_start(b"a"); w.file(3, False, [b"abc"]); w.entry_end()
     w.entry_start(b"b"); w.symlink(b"a"); w.entry_end()
     w.directory_end()
+
+A file or symlink entry whose contents are at hand can be written in one call,
+``w.entry_file(b"a", b"abc", False)`` / ``w.entry_symlink(b"b", b"a")`` (same bytes,
+same checks): the renderer's per-entry fast path, ~2.4 µs instead of ~6 µs per entry.
 """
 
 from __future__ import annotations
