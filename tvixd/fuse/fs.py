@@ -432,7 +432,9 @@ class StoreFS(pyfuse3.Operations):
         if isinstance(data, SymlinkData):
             raise pyfuse3.FUSEError(errno.ELOOP)
         handle: _LocalBlob | _FileHandle
-        if isinstance(self.store.blob, FsBlobService):
+        if isinstance(self.store.blob, FsBlobService) and data.size <= READ_AHEAD:
+            handle = await self._read_small(self.store.blob, data)
+        elif isinstance(self.store.blob, FsBlobService):
             handle = await self._open_local(self.store.blob, data)
         else:
             handle = _FileHandle(data.digest, data.size, await self._open_blob(data.digest))
@@ -440,6 +442,22 @@ class StoreFS(pyfuse3.Operations):
         self._files[fh] = handle
         # Content under an inode never changes, so the kernel may keep its page cache across opens.
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    async def _read_small(self, blobs: FsBlobService, data: FileData) -> _FileHandle:
+        """A small fs:// blob, read whole and verified at open: one worker-thread hop per file opened and read.
+
+        Its handle holds all the bytes (as a read-ahead buffer covering the file), so no read needs a reader.
+        """
+        digest = B3Digest(data.digest)
+        try:
+            content = await trio.to_thread.run_sync(blobs.read_verified, digest, data.size, abandon_on_cancel=True)
+        except Exception as e:
+            log.error("reading blob failed", digest=str(digest), error=str(e))
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        if content is None:
+            log.error("blob missing from the store", digest=str(digest))
+            raise pyfuse3.FUSEError(errno.EIO)
+        return _FileHandle(data.digest, data.size, None, buf=content)
 
     async def _open_local(self, blobs: FsBlobService, data: FileData) -> _LocalBlob:
         """Open the blob file of ``data`` in the fs:// store (verified later, on the first read)."""
@@ -575,7 +593,7 @@ class StoreFS(pyfuse3.Operations):
         if isinstance(handle, _LocalBlob):
             async with handle.lock:
                 handle.close()
-        elif handle is not None:
+        elif handle is not None and (handle.reader is not None or handle.lock.locked()):
             async with handle.lock:
                 await trio.to_thread.run_sync(self._drop_reader, handle, abandon_on_cancel=True)
 
