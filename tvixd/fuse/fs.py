@@ -12,11 +12,13 @@ stall lookups; the inode tracker is only touched from the trio thread, so it
 needs no lock. Reads on one file handle are serialised by a per-handle lock
 (the kernel may issue several at once, and a reader has one position).
 
-Reads (Part A §7: never serve bytes not verified against the digest): a blob of
-the local fs:// store is verified whole on the first read of an open file
-(blake3 over an mmap of the file, on all cores), then served straight from that
-mapping without another copy or thread hop (see :class:`_LocalBlob`). Other
-backends (gRPC, memory) stream through their verifying ``BlobReader``.
+Reads (Part A §7: never serve bytes not verified against the digest): a small
+blob (at most :data:`READ_AHEAD`) of the local fs:// store is read whole and
+verified at open (``FsBlobService.read_verified``: one thread hop per file); a
+bigger one is verified whole on the first read of an open file (blake3 over an
+mmap of the file, on all cores), then served straight from that mapping without
+another copy or thread hop (see :class:`_LocalBlob`). Other backends (gRPC,
+memory) stream through their ``BlobReader``, which verifies sequential reads.
 
 Errors: missing or unreadable content behind a PathInfo gives EIO on that file
 or directory only; the mount stays up. An unexpected exception in a handler
