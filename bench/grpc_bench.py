@@ -10,7 +10,10 @@ have their own interpreter as in production. The references, measured in the
 same run: a bare grpcio server in the same kind of process that only counts
 (upload), repeats one preallocated buffer (download), echoes (bidi), or
 answers Stat with an empty message, with the same chunk sizes: the cost of
-gRPC itself in Python, without storage; and ``nix-store --add-fixed`` for import.
+gRPC itself in Python, without storage; the daemon's storage step alone (an
+in-process ``fs://`` writer of the same bytes: blake3, write, fsync, rename),
+which bounds a Put; and ``nix-store --add-fixed`` for import. Stat rows also give
+the CPU per call of server and clients, and Little's law (clients / throughput).
 """
 
 from __future__ import annotations
@@ -257,7 +260,7 @@ def small_puts(target: str, method: str, count: int = 1500, threads: int = 12) -
 
 
 def stat_worker(target: str, digest_hex: str, seconds: float) -> None:
-    """(subprocess) Stat as fast as possible for ``seconds``; print latencies (µs) as JSON."""
+    """(subprocess) Stat as fast as possible for ``seconds``; print latencies (µs) and own CPU seconds as JSON."""
     from tvixd.blobservice.grpc import from_url
 
     service = from_url(f"grpc+http://{target}")
@@ -265,26 +268,74 @@ def stat_worker(target: str, digest_hex: str, seconds: float) -> None:
     for _ in range(50):  # warm-up: connection, code paths
         service.has(digest)
     lat = []
+    cpu0 = time.process_time()
     end = time.perf_counter() + seconds
     while (t0 := time.perf_counter()) < end:
         assert service.has(digest)
         lat.append((time.perf_counter() - t0) * 1e6)
+    cpu = time.process_time() - cpu0
     service.close()
-    json.dump(lat, sys.stdout)
+    json.dump({"lat": lat, "cpu": cpu}, sys.stdout)
 
 
-def stat_bench(target: str, digest: bytes, clients: int, seconds: float) -> dict[str, float]:
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stat_bench(target: str, digest: bytes, clients: int, seconds: float,
+               server_pid: int | None = None) -> dict[str, float]:
+    """Stat latency from ``clients`` processes, and where the CPU goes.
+
+    Besides p50/p99 and calls/s: ``littles_ms``, the mean latency that throughput
+    allows with this many clients always waiting on a call (Little's law, clients /
+    calls per second), and the CPU per call of the clients and (given its pid) the
+    server: when clients x CPU per call exceed the cores, the p50 is bounded by CPU.
+    """
     procs = [
         subprocess.Popen([sys.executable, __file__, "--stat-worker", target, digest.hex(), str(seconds)],
                          stdout=subprocess.PIPE, env=tvixd_env())
         for _ in range(clients)
     ]
+    server_cpu0 = process_cpu_seconds(server_pid) if server_pid else 0.0
     lat: list[float] = []
+    client_cpu = 0.0
     for p in procs:
         out, _ = p.communicate(timeout=seconds + 120)
-        lat += json.loads(out)
-    return {"p50_ms": percentile(lat, 50) / 1000, "p99_ms": percentile(lat, 99) / 1000,
-            "calls_per_s": len(lat) / seconds}
+        result = json.loads(out)
+        lat += result["lat"]
+        client_cpu += result["cpu"]
+    calls_per_s = len(lat) / seconds
+    out = {"p50_ms": percentile(lat, 50) / 1000, "p99_ms": percentile(lat, 99) / 1000,
+           "calls_per_s": calls_per_s, "littles_ms": clients / calls_per_s * 1000,
+           "client_cpu_us": client_cpu / len(lat) * 1e6}
+    if server_pid:
+        # The workers' start-up and warm-up fall inside this window too: a slight overestimate.
+        out["server_cpu_us"] = (process_cpu_seconds(server_pid) - server_cpu0) / len(lat) * 1e6
+    return out
+
+
+def fs_write_floor(size: int) -> float:
+    """MiB/s of the daemon's storage step alone: an in-process ``fs://`` writer (blake3, write, fsync, rename).
+
+    The same bytes and chunks as a Put, no gRPC: what a Put through the daemon cannot beat.
+    """
+    from tvixd.blobservice.fs import FsBlobService
+
+    root = tempfile.mkdtemp(prefix="tvixd-bench-")
+    try:
+        service = FsBlobService(os.path.join(root, "blobs"))
+        blocks = _blocks(size, UPLOAD_CHUNK)
+        start = time.perf_counter()
+        writer = service.open_write()
+        for b in blocks:
+            writer.write(b)
+        writer.close()
+        return size / (time.perf_counter() - start) / MIB
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def read_chunk_table(size: int, blob_addr: str) -> list[list[object]]:
@@ -392,8 +443,8 @@ def main() -> None:
         down = median([bare_download(bare.target, size) for _ in range(args.runs)])
         echo = median([bare_echo(bare.target, size) for _ in range(args.runs)])
         bare_small = small_puts(bare.target, "/bench.Bare/Sink")
-        bare_stat1 = stat_bench(bare.target, bytes(32), 1, args.stat_seconds)
-        bare_stat8 = stat_bench(bare.target, bytes(32), 8, args.stat_seconds)
+        bare_stat1 = stat_bench(bare.target, bytes(32), 1, args.stat_seconds, bare.proc.pid)
+        bare_stat8 = stat_bench(bare.target, bytes(32), 8, args.stat_seconds, bare.proc.pid)
     print(f"bare: upload {up:.0f} MiB/s, download {down:.0f} MiB/s, echo {echo:.0f} MiB/s, "
           f"stat {bare_stat1} {bare_stat8}", flush=True)
     with Daemon() as srv:
@@ -403,24 +454,28 @@ def main() -> None:
             puts.append(speed)
             reads.append(tvixd_read(srv.target, digest, size))
         put, read = median(puts), median(reads)
-        print(f"tvixd: put {put:.0f} MiB/s, read {read:.0f} MiB/s", flush=True)
+        floor = median([fs_write_floor(size) for _ in range(args.runs)])
+        print(f"tvixd: put {put:.0f} MiB/s, read {read:.0f} MiB/s; fs:// writer alone {floor:.0f} MiB/s", flush=True)
         small_put = small_puts(srv.target, "/tvix.store.v1.BlobService/Put")
         _, small = tvixd_put(srv.target, 1000)
-        stat1 = stat_bench(srv.target, small, 1, args.stat_seconds)
-        stat8 = stat_bench(srv.target, small, 8, args.stat_seconds)
+        stat1 = stat_bench(srv.target, small, 1, args.stat_seconds, srv.proc.pid)
+        stat8 = stat_bench(srv.target, small, 8, args.stat_seconds, srv.proc.pid)
     with Daemon(env={"TVIXD_LOG_ACCESS_LOG": "false"}) as srv:
         _, small = tvixd_put(srv.target, 1000)
-        quiet1 = stat_bench(srv.target, small, 1, args.stat_seconds)
-        quiet8 = stat_bench(srv.target, small, 8, args.stat_seconds)
+        quiet1 = stat_bench(srv.target, small, 1, args.stat_seconds, srv.proc.pid)
+        quiet8 = stat_bench(srv.target, small, 8, args.stat_seconds, srv.proc.pid)
     print(f"stat: 1 client {stat1}, 8 clients {stat8}, without access log {quiet1} {quiet8}", flush=True)
 
     def lat(st: dict[str, float]) -> str:
-        return f"p50 {st['p50_ms']:.3f} ms, p99 {st['p99_ms']:.3f} ms, {st['calls_per_s']:.0f} calls/s"
+        return (f"p50 {st['p50_ms']:.3f} ms, p99 {st['p99_ms']:.3f} ms, {st['calls_per_s']:.0f} calls/s; "
+                f"CPU per call: server {st['server_cpu_us']:.0f} µs, client {st['client_cpu_us']:.0f} µs")
 
     rows = [
         ["Blob Put (tvixd client → daemon: blake3, fs, fsync)", f"{put:.0f} MiB/s", f"bare upload {up:.0f} MiB/s",
          fmt_ratio(put, up), "≥ 0.5x echo"],
         ["Blob Put vs bare bidi echo", f"{put:.0f} MiB/s", f"echo {echo:.0f} MiB/s", fmt_ratio(put, echo), "≥ 0.5x"],
+        ["Blob Put vs the fs:// writer alone (in-process, no gRPC)", f"{put:.0f} MiB/s",
+         f"fs:// writer {floor:.0f} MiB/s", fmt_ratio(put, floor), ""],
         ["Blob Read (daemon → tvixd client, blake3 checked on both ends)", f"{read:.0f} MiB/s",
          f"bare download {down:.0f} MiB/s", fmt_ratio(read, down), "≥ 0.5x echo"],
         ["Blob Read vs bare bidi echo", f"{read:.0f} MiB/s", f"echo {echo:.0f} MiB/s", fmt_ratio(read, echo), "≥ 0.5x"],
@@ -455,6 +510,12 @@ def main() -> None:
         "batch upload); grpcio's sync stack manages only a few hundred such calls per second on this "
         "machine even against the bare sink (row \"small Blob Puts\"), which bounds an import of "
         "thousands of small files. The embedded import writes blobs in-process with one filesystem sync.",
+        "",
+        f"Stat with 8 client processes on {os.cpu_count()} cores: by Little's law the mean latency is at least "
+        f"clients / throughput = {bare_stat8['littles_ms']:.1f} ms for the bare grpcio server and "
+        f"{stat8['littles_ms']:.1f} ms for tvixd in this run, and throughput is bounded by the CPU per call "
+        f"(server + client, rows above): a p50 under 1 ms with 8 clients needs 8,000 calls/s, i.e. at most "
+        f"{os.cpu_count() / 8000 * 1e6:.0f} µs of CPU per call for both ends together.",
     ])
     print(body)
     if not args.no_write:
