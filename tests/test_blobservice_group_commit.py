@@ -187,3 +187,22 @@ def test_killed_daemon_leaves_only_complete_blobs(tmp_path):
         assert blake3.blake3(data).hexdigest() == name, f"blob {name} is visible but incomplete"
     reopened = FsBlobService(str(root))  # the daemon's temp files stay invisible
     assert all(reopened.has(bytes.fromhex(name)) for name in visible)
+
+
+def test_small_blob_already_stored_needs_no_temp_file(tmp_path):
+    """Small writes stay in memory until close, so a blob already stored is never written again."""
+    service = FsBlobService(str(tmp_path / "blobs"))
+    stored = b"stored once" * 100
+    w = service.open_write()
+    w.write(stored)
+    digest = w.close()
+    (tmp_path / "blobs" / "tmp").rmdir()
+    (tmp_path / "blobs" / "tmp").write_bytes(b"")  # no temp file can be created any more
+    w = service.open_write()
+    w.write(stored)
+    assert w.close() == digest
+    w = service.open_write()
+    w.write(b"new")
+    with pytest.raises(StorageError, match="tmp"):
+        w.close()
+    assert _visible(tmp_path / "blobs") == {digest.hex(): stored}

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import errno
 import io
+import itertools
 import os
 import secrets
 import threading
@@ -54,6 +55,8 @@ TMP_DIR = "tmp"
 STALE_TMP_SECONDS = 3600
 """Temp files older than this are leftovers of crashed writers (no write takes an hour between two writes)."""
 WRITE_BUFFER = 1 << 20
+SMALL_BLOB = 64 << 10
+"""Writes are kept in memory up to this size: a blob already stored then costs no temp file at all."""
 READ_ALL_CHUNK = 1 << 20
 
 
@@ -254,30 +257,38 @@ class _FsBlobWriter(BlobWriter):
         self._service = service
         self._batch = batch  # set: close() leaves sync and rename to batch.commit()
         self._hasher = blake3.blake3()
-        self._file: io.BufferedWriter | None = None
+        self._small: bytearray | None = bytearray()  # the bytes so far while they fit SMALL_BLOB
+        self._file: io.BufferedWriter | io.FileIO | None = None
         self._tmp_path: str | None = None
         self._digest: B3Digest | None = None
         self._done = False
 
-    def _open_tmp(self) -> io.BufferedWriter:
+    def _open_tmp(self, buffering: int) -> io.BufferedWriter | io.FileIO:
         tmp_dir = self._service.tmp_dir
-        path = os.path.join(tmp_dir, f"blob-{os.getpid()}-{secrets.token_hex(8)}.tmp")
+        path = os.path.join(tmp_dir, self._service._tmp_name())
         try:
             # Created read-only (blobs are immutable); the descriptor itself is writable.
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
         except OSError as e:
             raise _os_error(e, "create a temp file in", tmp_dir) from e
         self._tmp_path = path
-        self._file = open(fd, "wb", buffering=WRITE_BUFFER)  # closed in close/abort
+        self._file = open(fd, "wb", buffering=buffering)  # closed in close/abort
         return self._file
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         if self._done:
             raise AlreadyClosed("blob writer already closed")
-        file = self._file or self._open_tmp()
         self._hasher.update(data)
+        small = self._small
+        if small is not None and len(small) + len(data) <= SMALL_BLOB:
+            small += data
+            return len(data)
         try:
-            file.write(data)
+            if small is not None:
+                self._small = None
+                self._open_tmp(WRITE_BUFFER).write(small)
+            assert self._file is not None
+            self._file.write(data)
         except OSError as e:
             self.abort()
             raise _os_error(e, "write", self._tmp_path or "temp file") from e
@@ -299,10 +310,15 @@ class _FsBlobWriter(BlobWriter):
                     precommit()
                 self.abort()  # already stored: not rewritten
             else:
-                file = self._file or self._open_tmp()
+                small, self._small = self._small, None
+                file = self._file or self._open_tmp(0)  # a small blob: written below in one piece
                 tmp_path = self._tmp_path
                 assert tmp_path is not None
                 try:
+                    if small:
+                        view = memoryview(small)
+                        while view:
+                            view = view[file.write(view) :]
                     file.flush()
                     os.fchmod(file.fileno(), 0o444)  # blobs are immutable
                     if self._batch is None and group is None:
@@ -331,6 +347,7 @@ class _FsBlobWriter(BlobWriter):
 
     def abort(self) -> None:
         self._done = True
+        self._small = None
         file, self._file = self._file, None
         tmp_path, self._tmp_path = self._tmp_path, None
         if file is not None:
@@ -432,6 +449,8 @@ class FsBlobService(BlobService):
         except OSError as e:
             raise _os_error(e, "create the blob directory", self.tmp_dir) from e
         self._clean_stale_tmp()
+        self._tmp_tag = secrets.token_hex(4)
+        self._tmp_count = itertools.count()
         self.group = _GroupSync(self.root) if _SYNCFS is not None else None
         """Group commit of single writes (Linux); None: each write fsyncs its file and directory."""
 
@@ -448,6 +467,10 @@ class FsBlobService(BlobService):
                         pass  # another process cleaned it
         except OSError as e:
             raise _os_error(e, "clean temp files in", self.tmp_dir) from e
+
+    def _tmp_name(self) -> str:
+        """A fresh temp file name: unique per process and service (a counter, not a random read per file)."""
+        return f"blob-{os.getpid()}-{self._tmp_tag}-{next(self._tmp_count)}.tmp"
 
     def path_of(self, digest: B3Digest) -> str:
         """The file of a blob: only hex digits of a validated digest go into the path."""
