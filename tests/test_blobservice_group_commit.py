@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from tests.daemon import start_daemon
+from tests.test_blobservice import temp_files
 from tvixd.blobservice.fs import FsBlobService
 from tvixd.castore.digest import B3Digest
 from tvixd.errors import StorageError
@@ -127,7 +128,7 @@ def test_cancelled_upload_among_concurrent_puts_never_becomes_visible(tmp_path):
         call = put.future(requests())
         assert sent.wait(60)
         deadline = time.monotonic() + 60
-        while not os.listdir(root / "tmp") and time.monotonic() < deadline:
+        while not temp_files(root / "tmp", d.proc.pid) and time.monotonic() < deadline:
             time.sleep(0.01)  # the daemon is writing the partial upload
         blobs = _blobs(THREADS, seed=3)
         cancel = threading.Thread(target=call.cancel)
@@ -206,3 +207,33 @@ def test_small_blob_already_stored_needs_no_temp_file(tmp_path):
     with pytest.raises(StorageError, match="tmp"):
         w.close()
     assert _visible(tmp_path / "blobs") == {digest.hex(): stored}
+
+
+def test_batch_past_its_descriptor_budget_uses_named_temp_files(tmp_path, monkeypatch):
+    """A batch holds at most its budget of anonymous temp files open; the rest are named, all commit alike."""
+    from tvixd.blobservice import fs
+
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("no /proc: anonymous temp files cannot be linked")
+    monkeypatch.setattr(fs, "_FD_BUDGET", 3)
+    service = FsBlobService(str(tmp_path / "blobs"))
+    assert service._anonymous_tmp  # Linux with /proc: O_TMPFILE + linkat
+    batch = service.batch()
+    blobs = _blobs(10, seed=4)
+    for data in blobs:
+        w = batch.open_write()
+        w.write(data)
+        w.close()
+    pending = temp_files(tmp_path / "blobs" / "tmp")
+    assert len(pending) == 10
+    assert sum("#" in p for p in pending) == 3  # the anonymous ones, still open
+    assert _visible(tmp_path / "blobs") == {}
+    batch.commit()
+    assert _visible(tmp_path / "blobs") == {blake3.blake3(b).hexdigest(): b for b in blobs}
+    assert temp_files(tmp_path / "blobs" / "tmp") == []
+    w = batch.open_write()
+    w.write(b"aborted")
+    w.close()
+    batch.abort()
+    assert temp_files(tmp_path / "blobs" / "tmp") == []
+    assert batch._fds == 0

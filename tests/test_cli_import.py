@@ -135,6 +135,8 @@ def test_progress_on_a_terminal_only(tmp_path):
 
 def test_killed_import_leaves_nothing_visible(tmp_path):
     """SIGKILL in the middle of an import: no path info, no directory, no blob outside tmp/."""
+    from tests.test_blobservice import temp_files
+
     tree = tmp_path / "tree"
     (tree / "a").mkdir(parents=True)
     (tree / "a" / "small").write_bytes(b"small file, written before the kill")
@@ -147,7 +149,7 @@ def test_killed_import_leaves_nothing_visible(tmp_path):
         env=tvixd_env(),
     )
     blobs_tmp = tmp_path / "state" / "blobs" / "tmp"
-    while proc.poll() is None and not (blobs_tmp.is_dir() and os.listdir(blobs_tmp)):
+    while proc.poll() is None and not (blobs_tmp.is_dir() and temp_files(blobs_tmp, proc.pid)):
         time.sleep(0.01)
     assert proc.poll() is None, "the import finished before it could be killed"
     proc.send_signal(signal.SIGKILL)

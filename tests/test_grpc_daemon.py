@@ -203,6 +203,8 @@ def test_sigint_with_grace_exceeded_still_exits_0(tmp_path):
 
 def test_client_killed_mid_put_leaves_nothing(tmp_path):
     """A client process dies mid-Put: no blob appears, the temp file is removed, the daemon keeps serving."""
+    from tests.test_blobservice import temp_files
+
     with start_daemon(tmp_path, *fs_store(tmp_path)) as d:
         code = (
             "import os, sys, time\n"
@@ -217,16 +219,16 @@ def test_client_killed_mid_put_leaves_nothing(tmp_path):
             assert client.stdout.readline() == b"sent\n"
             tmp_dir = tmp_path / "blobs" / "tmp"
             deadline = time.monotonic() + 30
-            while not any(tmp_dir.iterdir()) and time.monotonic() < deadline:
+            while not temp_files(tmp_dir, d.proc.pid) and time.monotonic() < deadline:
                 time.sleep(0.05)  # the daemon has started writing the upload
-            assert any(tmp_dir.iterdir())
+            assert temp_files(tmp_dir, d.proc.pid)
         finally:
             client.kill()
             client.wait()
         deadline = time.monotonic() + 30
-        while any(tmp_dir.iterdir()) and time.monotonic() < deadline:
+        while temp_files(tmp_dir, d.proc.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not any(tmp_dir.iterdir()), "the aborted upload's temp file is still there"
+        assert not temp_files(tmp_dir, d.proc.pid), "the aborted upload's temp file is still there"
         assert sorted(p.name for p in (tmp_path / "blobs").iterdir()) == ["tmp"], "a blob became visible"
         assert health_status(d.target) == health_pb2.HealthCheckResponse.SERVING
 
