@@ -3,8 +3,9 @@
 Usage: python bench/blob_fs_write.py [--count N] [--size BYTES] [--dir DIR] [--threads 1,4,8,16]
                                      [--rounds R] [--write]
 
-Every blob is distinct, so each costs what durability costs: a file fsync, a
-rename and a directory fsync. The reference, run interleaved with tvixd in the
+Every blob is distinct, so each costs what durability costs: its bytes and its
+name made durable (on Linux a group commit: writers closing together share one
+syncfs for their bytes and one for their names). The reference, run interleaved with tvixd in the
 same rounds (so machine noise hits both alike), is the bare minimum a durable
 file store does: create, write, fsync the file, fsync its directory. Medians
 over ``--rounds``; ``--write`` records the table in BENCHMARKS.md.
