@@ -4,8 +4,8 @@ Usage: python bench/blob_fs_write.py [--count N] [--size BYTES] [--dir DIR] [--t
                                      [--rounds R] [--write]
 
 Every blob is distinct, so each costs what durability costs: its bytes and its
-name made durable (on Linux a group commit: writers closing together share one
-syncfs for their bytes and one for their names). The reference, run interleaved with tvixd in the
+name made durable (an fsync of the file and of its fan-out directory, as a daemon
+Put does). The reference, run interleaved with tvixd in the
 same rounds (so machine noise hits both alike), is the bare minimum a durable
 file store does: create, write, fsync the file, fsync its directory. Medians
 over ``--rounds``; ``--write`` records the table in BENCHMARKS.md.

@@ -1,4 +1,4 @@
-"""fs:// single writes share durability barriers (group commit): all-or-nothing per blob, even under a kill."""
+"""fs:// writes under concurrency: all-or-nothing per blob, even under a kill (single writes and batches)."""
 
 from __future__ import annotations
 

@@ -17,12 +17,16 @@ renamed into place; an aborted, abandoned or killed writer leaves at most that
 temp file, which is not a blob; temp files older than an hour are removed when
 the service is opened. Until the name exists nothing is visible.
 
-Durability is a group commit on Linux (:class:`_GroupSync`): writers closing at
-about the same time (concurrent Puts to the daemon) share one ``syncfs`` for
-their bytes and one for their renames, instead of a file fsync plus a directory
-fsync each; elsewhere each write fsyncs its file and fan-out directory. The
-price of ``syncfs``, as for :class:`FsBlobBatch`: it also flushes unrelated dirty
-data on the same filesystem, so a write may wait for someone else's.
+Durability: a single write (a daemon Put) fsyncs its file and its fan-out
+directory. :class:`FsBlobBatch` (the embedded import) makes a whole batch durable
+with one ``syncfs`` for the bytes and one for the names, shared with batches
+committing at the same time (:class:`_GroupSync`). Single writes do not use
+``syncfs``: it also flushes unrelated dirty data on the same filesystem, so a Put
+would wait for whatever else the machine is writing (a download, a build), and
+measured it gained no wall time for concurrent Puts: ext4 already merges
+concurrent fsyncs into one journal commit (12 threads, 2-core VM at load 6-10:
+770 blobs/s with a shared ``syncfs``, 702 with fsyncs per write; importing
+/usr/lib/python3 through a daemon took the same time either way).
 
 Reads verify: a reader hashes the bytes it returns while they are read
 sequentially from offset 0, and the read that reaches the end raises
@@ -32,10 +36,7 @@ position, that reader no longer verifies (random access, e.g. FUSE, cannot be
 verified without reading the whole blob); a full sequential read always is.
 
 Throughput: ``python bench/blob_fs_write.py`` (4 KiB blobs, 1-16 threads) and
-BENCHMARKS.md. On ext4 concurrent fsyncs already share journal commits, so the
-group commit mostly saves system calls and CPU: 12 threads, medians of 5 on the
-2-core VM at load 6-10, 770 blobs/s against 702 with fsyncs per write; importing
-/usr/lib/python3 through a daemon, daemon CPU 5.3-7.0 s against 7.1-10.3 s.
+BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -116,15 +117,14 @@ def _syncfs(path: str) -> bool:
 
 
 class _GroupSync:
-    """Group commit: writers closing at about the same time share one ``syncfs``.
+    """Group commit: batches committing at about the same time share one ``syncfs``.
 
     ``wait()`` returns once a ``syncfs`` of the blob filesystem that *started after
     the call* has completed, so whatever the caller wrote or renamed before calling
     is durable. Whichever waiter finds no sync running runs the next one (no
     background thread); callers arriving meanwhile queue for the one after, which
-    covers all of them. A single write waits twice (its bytes, then its rename);
-    with many in flight each sync serves the renames of one group and the bytes of
-    the next.
+    covers all of them. A batch waits twice (its bytes, then its names); with
+    several committing, each sync serves the names of one and the bytes of the next.
     """
 
     def __init__(self, root: str) -> None:
@@ -309,13 +309,13 @@ class _FsBlobWriter(BlobWriter):
             return self._digest
         if self._done:
             raise AlreadyClosed("blob writer was aborted or previously closed with an error")
-        service, group = self._service, self._service.group
+        service = self._service
         try:
             digest = B3Digest(self._hasher.digest())
             final = service.path_of(digest)
             if os.path.exists(final):
-                if group is not None and self._batch is None:
-                    service._sync(group)  # its writer may have renamed it and still be waiting for that
+                if self._batch is None:
+                    service._sync_dir_of(final)  # its writer may have named it and not yet made that durable
                 if precommit is not None:
                     precommit()
                 self.abort()  # already stored: not rewritten
@@ -331,7 +331,7 @@ class _FsBlobWriter(BlobWriter):
                             view = view[file.write(view) :]
                     file.flush()
                     os.fchmod(fd, 0o444)  # blobs are immutable
-                    if self._batch is None and group is None:
+                    if self._batch is None:
                         os.fsync(fd)
                     file.close()
                     self._file = None
@@ -346,8 +346,6 @@ class _FsBlobWriter(BlobWriter):
                         precommit()
                     self._batch._add(source, final)  # the batch owns the temp file now
                 else:
-                    if group is not None:
-                        service._sync(group)  # the bytes, with those of the writers closing now
                     if precommit is not None:
                         precommit()
                     service._publish(source, final)
@@ -437,7 +435,7 @@ class FsBlobBatch(BlobBatch):
         done = 0
         try:
             if fs.group is not None:
-                fs.group.wait()  # shared with single writes closing now
+                fs.group.wait()  # shared with batches committing now
             else:
                 for source, _ in pending:
                     _fsync_source(source)
@@ -524,7 +522,7 @@ class FsBlobService(BlobService):
         self._tmp_count = itertools.count()
         self._anonymous_tmp = self._probe_anonymous_tmp()
         self.group = _GroupSync(self.root) if _SYNCFS is not None else None
-        """Group commit of single writes (Linux); None: each write fsyncs its file and directory."""
+        """The ``syncfs`` barrier batches share (Linux); None: a batch fsyncs each file and directory."""
 
     def _clean_stale_tmp(self) -> None:
         """Remove temp files of writers that crashed long ago (fresh ones may belong to a live process)."""
@@ -588,21 +586,18 @@ class FsBlobService(BlobService):
                 pass
             return True
 
-    def _sync(self, group: _GroupSync) -> None:
-        """Wait for a group sync, as a StorageError if it fails."""
+    def _sync_dir_of(self, final: str) -> None:
+        """Make an existing blob's name durable (fsync its fan-out directory), as a StorageError if that fails."""
         try:
-            group.wait()
+            _fsync_dir(os.path.dirname(final))
         except OSError as e:
-            raise _os_error(e, "sync blob files in", self.root) from e
+            raise _os_error(e, "sync the blob directory of", final) from e
 
     def _publish(self, source: str | int, final: str) -> None:
         """Name a temp file whose bytes are durable as its blob; return once the name is durable."""
         try:
             created = self._place(source, final)
-            if self.group is not None:
-                self.group.wait()
-            else:
-                _fsync_dirs({self.root, os.path.dirname(final)} if created else {os.path.dirname(final)})
+            _fsync_dirs({self.root, os.path.dirname(final)} if created else {os.path.dirname(final)})
         except OSError as e:
             raise _os_error(e, "store blob file", final) from e
 
