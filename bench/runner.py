@@ -400,8 +400,8 @@ def area_grpc(cfg: Config) -> tuple[list[Row], str]:
         Row("Blob Read vs raw blake3 (1 thread)", mibs(read), "blake3 " + mibs(b3), read / b3),
         Row("Stat, 1 client", lat(stat1), "bare grpcio: " + lat(bare1), stat1["p50_ms"] / bare1["p50_ms"],
             "p50 < 1 ms", stat1["p50_ms"] < 1.0),
-        Row("Stat, 8 client processes", lat(stat8), "bare grpcio: " + lat(bare8),
-            stat8["p50_ms"] / bare8["p50_ms"], "p50 < 1 ms", stat8["p50_ms"] < 1.0),
+        Row("Stat, 8 client processes (ratio: calls/s vs bare)", lat(stat8), "bare grpcio: " + lat(bare8),
+            stat8["calls_per_s"] / bare8["calls_per_s"], ">= 3,000 calls/s", stat8["calls_per_s"] >= 3000),
     ]  # fmt: skip
     print(*(r.cells() for r in rows), sep="\n", flush=True)
     # Import through the daemon vs embedded vs nix: grpc_bench.import_bench's rows, ratio read back.
@@ -423,10 +423,11 @@ def area_grpc(cfg: Config) -> tuple[list[Row], str]:
         f"process hashing the same bytes in {g.UPLOAD_CHUNK // MIB} MiB updates. Stat: {cfg.stat_seconds:.0f} s "
         "per client process, latencies of every call; the ratio is p50 vs the bare server's empty Stat."
     )
-    if bare8["p50_ms"] >= 1.0:
+    if bare8["calls_per_s"] < 3000:
         notes += (
-            f" With 8 client processes the bare grpcio server's own p50 is {bare8['p50_ms']:.1f} ms on this "
-            f"machine ({os.cpu_count()} cores for 9 busy processes): that p50 is bounded by CPU time, not by tvixd."
+            f" With 8 client processes the bare grpcio server (empty answers, no store) itself manages "
+            f"{bare8['calls_per_s']:.0f} calls/s on this machine ({os.cpu_count()} cores shared by the server and "
+            "the 8 Python clients): issue 3's 3,000 calls/s is bounded by grpcio's CPU per call, not by tvixd."
         )
     return rows, notes
 
