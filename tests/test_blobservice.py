@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -456,3 +457,35 @@ def test_fs_from_addr_creates_directory(tmp_path):
     service = from_addr(f"fs://{tmp_path}/a/b/blobs")
     assert put(service, BLOB_A) == BLOB_A_DIGEST
     assert (tmp_path / "a" / "b" / "blobs" / "tmp").is_dir()
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["single", "batch"])
+def test_fs_large_blob_in_many_chunks_with_early_writeback(fs_service, tmp_path, monkeypatch, batched):
+    """A big blob written in chunks of every size (buffered and not) while writeback starts early is stored intact."""
+    import random
+
+    import blake3
+
+    from tvixd.blobservice import fs
+
+    monkeypatch.setattr(fs, "WRITEBACK_WINDOW", 256 << 10)  # many windows in a few MiB
+    data = random.Random(7).randbytes(5 * (1 << 20) + 12345)
+    sizes = itertools.cycle([777, 100_000, 1_500_000, 3, 300_001])
+    batch = fs_service.batch() if batched else None
+    writer = (batch or fs_service).open_write()
+    pos = 0
+    while pos < len(data):
+        chunk = data[pos : pos + next(sizes)]
+        assert writer.write(chunk) == len(chunk)
+        pos += len(chunk)
+    if fs._SYNC_FILE_RANGE is not None:  # Linux: writeback was started on completed windows, never past the end
+        assert 4 << 20 < writer._writeback_from <= len(data)
+    digest = writer.close()
+    if batch is not None:
+        batch.commit()
+    assert digest == blake3.blake3(data).digest()
+    assert read_all(fs_service, digest) == data  # a verified sequential read
+    assert fs_service.read_verified(digest, len(data)) == data
+    h = digest.hex()
+    assert (tmp_path / "blobs" / h[:2] / h[2:]).read_bytes() == data
+    assert temp_files(str(tmp_path / "blobs" / "tmp")) == []

@@ -26,7 +26,10 @@ would wait for whatever else the machine is writing (a download, a build), and
 measured it gained no wall time for concurrent Puts: ext4 already merges
 concurrent fsyncs into one journal commit (12 threads, 2-core VM at load 6-10:
 770 blobs/s with a shared ``syncfs``, 702 with fsyncs per write; importing
-/usr/lib/python3 through a daemon took the same time either way).
+/usr/lib/python3 through a daemon took the same time either way). Every
+``WRITEBACK_WINDOW`` a writer has the kernel start writing its file out, so the
+disk works while bytes still arrive instead of all at the final fsync/``syncfs``
+(1 GiB Put through a daemon, 24 GiB RAM, ~600 MiB/s disk: 168 -> 258 MiB/s).
 
 Reads verify: a reader hashes the bytes it returns while they are read
 sequentially from offset 0, and the read that reaches the end raises
@@ -63,6 +66,8 @@ WRITE_BUFFER = 1 << 20
 SMALL_BLOB = 64 << 10
 """Writes are kept in memory up to this size: a blob already stored then costs no temp file at all."""
 READ_ALL_CHUNK = 1 << 20
+WRITEBACK_WINDOW = 8 << 20
+"""A writer asks the kernel to start writing its file out each time this much more has reached it."""
 
 
 def _os_error(e: OSError, what: str, path: str) -> Exception:
@@ -85,19 +90,35 @@ def _fsync_dirs(paths: set[str]) -> None:
         _fsync_dir(path)
 
 
-def _load_syncfs() -> Callable[[int], int] | None:
-    """libc's ``syncfs(fd)`` (Linux; Python has no ``os.syncfs``), or None where there is none."""
+def _load_libc(name: str, *argtypes: type) -> Callable[..., int] | None:
+    """A libc function Python's ``os`` lacks (Linux ``syncfs``, ``sync_file_range``), or None where there is none."""
     try:
         import ctypes
 
-        syncfs = ctypes.CDLL(None, use_errno=True).syncfs  # CDLL calls release the GIL
+        function = getattr(ctypes.CDLL(None, use_errno=True), name)  # CDLL calls release the GIL
     except (OSError, AttributeError):
         return None
-    syncfs.argtypes = [ctypes.c_int]
-    return syncfs
+    function.argtypes = list(argtypes)
+    return function
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    """libc's ``syncfs(fd)``, or None where there is none."""
+    import ctypes
+
+    return _load_libc("syncfs", ctypes.c_int)
+
+
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's ``sync_file_range(fd, offset, nbytes, flags)``, or None where there is none."""
+    import ctypes
+
+    return _load_libc("sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
 
 
 _SYNCFS = _load_syncfs()
+_SYNC_FILE_RANGE = _load_sync_file_range()
+SYNC_FILE_RANGE_WRITE = 2
 
 
 def _syncfs(path: str) -> bool:
@@ -267,6 +288,8 @@ class _FsBlobWriter(BlobWriter):
         self._tmp_path: str | None = None  # None with an anonymous (O_TMPFILE) temp file
         self._digest: B3Digest | None = None
         self._done = False
+        self._written = 0  # bytes handed to the temp file (some may still be in its buffer)
+        self._writeback_from = 0  # where the next _start_writeback range begins
 
     def _open_tmp(self, buffering: int) -> io.BufferedWriter | io.FileIO:
         """Create the temp file: anonymous if the service can (nothing to rename or clean up), else named."""
@@ -297,12 +320,34 @@ class _FsBlobWriter(BlobWriter):
             if small is not None:
                 self._small = None
                 self._open_tmp(WRITE_BUFFER).write(small)
+                self._written = len(small)
             assert self._file is not None
             self._file.write(data)
+            self._written += len(data)
+            if _SYNC_FILE_RANGE is not None and self._written - self._writeback_from >= WRITEBACK_WINDOW:
+                self._start_writeback()
         except OSError as e:
             self.abort()
             raise _os_error(e, "write", self._tmp_path or "temp file") from e
         return len(data)
+
+    def _start_writeback(self) -> None:
+        """Have the kernel start writing out what reached the file since the last call (Linux ``sync_file_range``).
+
+        Otherwise a big blob waits in the page cache (the kernel starts background
+        writeback late on a machine with much RAM) until ``close``'s fsync or the
+        batch's ``syncfs`` writes it all at once, so disk time adds to upload time
+        instead of overlapping it. This only starts writeback; it waits for nothing
+        but a full device queue, and durability still comes from that fsync/``syncfs``.
+        The page cache is kept (no ``POSIX_FADV_DONTNEED``): the next read wants it.
+        """
+        assert self._fd is not None
+        end = os.lseek(self._fd, 0, os.SEEK_CUR)  # what the write buffer has passed to the kernel so far
+        if end > self._writeback_from:
+            assert _SYNC_FILE_RANGE is not None
+            # Advice: a failure here (0 or not) changes nothing; the fsync/syncfs reports write errors.
+            _SYNC_FILE_RANGE(self._fd, self._writeback_from, end - self._writeback_from, SYNC_FILE_RANGE_WRITE)
+            self._writeback_from = end
 
     def close(self, precommit: Precommit | None = None) -> B3Digest:
         if self._digest is not None:
