@@ -160,6 +160,51 @@ def test_writer_surfaces_server_errors(stack):
     assert not blobs.has(B3Digest.of(data))
 
 
+def test_single_and_multi_chunk_puts(stack):
+    """Blobs of one chunk go as one unary-style message, larger ones stream; both store the same bytes.
+
+    Sizes straddle WRITE_CHUNK_SIZE, and written in pieces, so the held-back first chunk is sent first.
+    """
+    url = memory_store_url(stack)
+    blobs = stack.enter_context(_closing(blob_grpc.from_url(url)))
+    size = blob_grpc.WRITE_CHUNK_SIZE
+    for n in (1, size - 1, size, size + 1, 2 * size + 7):
+        data = os.urandom(n)
+        writer = blobs.open_write()
+        for i in range(0, n, 300_000):
+            writer.write(data[i:i + 300_000])
+        assert writer.close() == B3Digest.of(data)
+        reader = blobs.open_read(B3Digest.of(data))
+        with reader:
+            assert reader.read() == data
+    assert put(blobs, b"") == B3Digest.of(b"")
+
+
+def test_single_chunk_put_errors_and_abort(stack):
+    """The one-message Put maps server errors like the stream, and an aborted one sends nothing."""
+    store = Store.open(StoreAddrs(blob="memory://", directory="memory://", path_info="memory://"))
+    stack.callback(store.close)
+    url = serve_in_process(stack, store, max_message_bytes=64 * 1024)
+    blobs = stack.enter_context(_closing(blob_grpc.from_url(url)))
+    data = os.urandom(100 * 1024)
+    writer = blobs.open_write()
+    writer.write(data)
+    with pytest.raises(errors.ResourceExhausted, match="max_message_size=65536"):
+        writer.close()
+    with pytest.raises(errors.AlreadyClosed):
+        writer.close()
+    assert not blobs.has(B3Digest.of(data))
+    small = b"aborted before close"
+    writer = blobs.open_write()
+    writer.write(small)
+    writer.abort()
+    with pytest.raises(errors.AlreadyClosed):
+        writer.close()
+    assert not blobs.has(B3Digest.of(small))
+    assert put(blobs, small) == B3Digest.of(small)
+    assert blobs.has(B3Digest.of(small))
+
+
 def test_writers_and_putters_leave_no_threads(stack, tmp_path):
     """Aborted, failed and dropped uploads release grpcio's request-stream threads.
 

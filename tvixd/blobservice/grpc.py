@@ -1,7 +1,9 @@
 """``grpc+http://``, ``grpc+https://``, ``grpc+unix://``: the BlobService of a remote tvixd (or tvix-store).
 
 Writes stream chunks through a bounded queue into one client-streaming Put
-call, so a writer never buffers a whole blob; reads stream forward only
+call, so a writer never buffers a whole blob; a blob that fits one chunk (most
+files of an import) goes as the same single message through grpcio's unary
+call path instead (see :meth:`GrpcBlobWriter.close`); reads stream forward only
 (SPEC Part B §9.3) and verify the blake3 digest as the bytes arrive.
 """
 
@@ -36,10 +38,10 @@ class GrpcBlobService(BlobService):
     def __init__(self, url: str) -> None:
         self.url = url
         self._channel = SharedChannel.acquire(url)
-        self._stat = self._read = self._put = None
+        self._stat = self._read = self._put = self._put_one = None
 
     def _stubs(self) -> tuple[grpc.UnaryUnaryMultiCallable, grpc.UnaryStreamMultiCallable,
-                              grpc.StreamUnaryMultiCallable]:
+                              grpc.StreamUnaryMultiCallable, grpc.UnaryUnaryMultiCallable]:
         if self._put is None:
             channel = self._channel.get()
             self._stat = channel.unary_unary(
@@ -57,7 +59,14 @@ class GrpcBlobService(BlobService):
                 request_serializer=None,  # _drain yields encoded BlobChunks (tvixd.server.codec)
                 response_deserializer=PutBlobResponse.FromString,
             )
-        return self._stat, self._read, self._put
+            # The same Put method called with exactly one request message: gRPC's wire format does
+            # not tell unary from client-streaming calls, so the server sees an ordinary Put stream.
+            self._put_one = channel.unary_unary(
+                "/tvix.store.v1.BlobService/Put",
+                request_serializer=None,
+                response_deserializer=PutBlobResponse.FromString,
+            )
+        return self._stat, self._read, self._put, self._put_one
 
     def has(self, digest: bytes) -> bool:
         digest = B3Digest(digest)
@@ -219,22 +228,39 @@ class GrpcBlobReader(BlobReader):
 class GrpcBlobWriter(BlobWriter):
     """Streams written bytes into one Put call through a bounded queue; ``close`` returns the digest.
 
-    The call starts with the first write (or close), on a grpcio thread that
-    drains the queue. ``abort`` cancels the call, which makes the server discard
-    the upload (nothing becomes visible).
+    The first chunk is held back: if ``close`` comes before a second one, the
+    blob is sent as one message in a unary-style call (:meth:`_put_single`).
+    Otherwise the streaming call starts with the second write, on a grpcio
+    thread that drains the queue. ``abort`` cancels the call, which makes the
+    server discard the upload (nothing becomes visible); an aborted writer that
+    never started a call has sent nothing.
     """
 
     def __init__(self, service: GrpcBlobService) -> None:
         self._service = service
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=WRITE_QUEUE_CHUNKS)
         self._future: grpc.Future | None = None
+        self._first: bytes | None = None  # the held-back first chunk while no call has started
         self._digest: B3Digest | None = None
         self._done = False
 
     def _start(self) -> grpc.Future:
         if self._future is None:
             self._future = self._service._stubs()[2].future(_drain(self._queue))
+            if self._first is not None:
+                first, self._first = self._first, None
+                self._enqueue(first)
         return self._future
+
+    def _put_single(self, chunk: bytes) -> PutBlobResponse:
+        """Put a blob of one chunk without grpcio's per-call request-consumer thread.
+
+        A stream-unary call starts a thread to iterate the requests and runs on the
+        channel's polling thread; a blocking unary call does neither (importing
+        /usr/share/doc, ~5,000 files, through a daemon: 14-18 s -> 8-11 s on the
+        same loaded machine). The bytes on the wire are those of a one-message Put stream.
+        """
+        return self._service._stubs()[3](chunk)
 
     def _release_consumer(self) -> None:
         """Unblock grpcio's thread waiting in ``_drain`` (the call is over; it must not wait forever)."""
@@ -278,7 +304,11 @@ class GrpcBlobWriter(BlobWriter):
         for i in range(0, len(view), WRITE_CHUNK_SIZE):
             # Encoding copies the bytes, so the caller may reuse its buffer once write returns.
             chunk = encode_blob_chunk(view[i:i + WRITE_CHUNK_SIZE])
-            if chunk:
+            if not chunk:
+                continue
+            if self._future is None and self._first is None:
+                self._first = chunk  # maybe the only one: see _put_single
+            else:
                 self._enqueue(chunk)
         return len(view)
 
@@ -288,10 +318,15 @@ class GrpcBlobWriter(BlobWriter):
         if self._done:
             raise errors.AlreadyClosed("blob writer was aborted or previously closed with an error")
         run_precommit(precommit, self.abort)  # before the half-close that makes the server commit
-        self._enqueue(_END)
-        self._done = True
         try:
-            response = self._future.result()
+            if self._future is None and self._first is not None:
+                first, self._first = self._first, None
+                self._done = True
+                response = self._put_single(first)
+            else:
+                self._enqueue(_END)
+                self._done = True
+                response = self._future.result()
         except grpc.RpcError as e:
             raise self._service._channel.error(e) from None
         if len(response.digest) != 32:
@@ -304,6 +339,7 @@ class GrpcBlobWriter(BlobWriter):
         if self._done:
             return
         self._done = True
+        self._first = None
         if self._future is not None:
             self._future.cancel()
             self._release_consumer()
