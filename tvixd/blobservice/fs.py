@@ -67,7 +67,11 @@ SMALL_BLOB = 64 << 10
 """Writes are kept in memory up to this size: a blob already stored then costs no temp file at all."""
 READ_ALL_CHUNK = 1 << 20
 WRITEBACK_WINDOW = 8 << 20
-"""A writer asks the kernel to start writing its file out each time this much more has reached it."""
+"""A writer asks the kernel to start writing its file out each time this much more has reached it.
+
+Measured (1 GiB in 1 MiB writes): 4, 8 and 16 MiB gave the same total; at 8 MiB close's fsync
+took 0.01-0.03 s (1.4-1.8 s without), at 32 MiB 0.1-0.5 s.
+"""
 
 
 def _os_error(e: OSError, what: str, path: str) -> Exception:
