@@ -11,16 +11,20 @@ else 128 fresh random bits as 32 hex digits (the form of a uuid4's hex, at a thi
 bound into structlog's context while the servicer runs, so every log line the call causes carries it.
 
 The status, duration and metrics are settled when the servicer is done, as before; the access-log
-line itself is written once the call has also ended on the wire (grpcio's termination callback, on
-its polling thread), so rendering it is not part of the latency the client sees: for a unary call
-it used to run between serializing the response and sending it (measured ~100 µs of a ~0.7 ms Stat
-on the benchmark machine). grpcio runs every call's termination callbacks before the server stops
-serving, so each call still gets exactly one line.
+line is due once the call has also ended on the wire (grpcio's termination callback), so rendering
+it is not part of the latency the client sees: for a unary call it used to run between serializing
+the response and sending it (measured ~100 µs of a ~0.7 ms Stat on the benchmark machine). The line
+is then rendered and written by one log thread (:class:`AccessLogWriter`), not in the callback:
+termination callbacks run on grpcio's single polling thread, which handles every call's events,
+and rendering there took 21% of the daemon's GIL time during an import through the daemon (py-spy
+``--gil``), stalling all calls. grpcio runs every call's termination callbacks before the server
+stops serving, and ``close()`` drains the queue after that, so each call still gets exactly one line.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -67,12 +71,53 @@ class Observer:
         """A call ended (``call.code`` is final)."""
 
 
+class AccessLogWriter:
+    """Renders and writes access lines on one thread of its own, in the order the calls ended.
+
+    ``close()`` writes what is queued and stops the thread (call it after the server has stopped,
+    so no line is due any more).
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[CallRecord | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = threading.Thread(
+            target=self._run, name="tvixd-access-log", daemon=True)  # fmt: skip
+        self._thread.start()
+
+    def submit(self, call: CallRecord) -> None:
+        """Queue the line of a finished call."""
+        self._queue.put(call)
+
+    def _run(self) -> None:
+        while (call := self._queue.get()) is not None:
+            log = _access.error if call.code in _ERROR_CODES else _access.info
+            log("rpc", method=call.method, peer=call.peer, code=call.code.name,
+                duration_ms=round(call.duration * 1000, 3), bytes_in=call.bytes_in, bytes_out=call.bytes_out,
+                messages_in=call.messages_in, messages_out=call.messages_out, request_id=call.request_id)
+
+    def close(self) -> None:
+        """Write every queued line, then stop the thread."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join()
+
+
 class ObservingInterceptor(grpc.ServerInterceptor):
-    """Access log (``access_log``) and observers (e.g. :class:`tvixd.metrics.Metrics`) for every RPC."""
+    """Access log (``access_log``) and observers (e.g. :class:`tvixd.metrics.Metrics`) for every RPC.
+
+    ``close()`` (after the server stopped) writes the access lines still queued.
+    """
 
     def __init__(self, access_log: bool = True, observers: tuple[Observer, ...] = ()) -> None:
         self.access_log = access_log
         self.observers = observers
+        self._lines = AccessLogWriter() if access_log else None
+
+    def close(self) -> None:
+        """Write the queued access lines (the server must have stopped: no call may end after this)."""
+        if self._lines is not None:
+            self._lines.close()
 
     def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
         handler = continuation(handler_call_details)
@@ -173,17 +218,14 @@ class ObservingInterceptor(grpc.ServerInterceptor):
         if self.access_log:
             self._line_ready(call)
 
-    @staticmethod
-    def _line_ready(call: CallRecord) -> None:
-        """One of the access line's two conditions holds (record settled, call ended); write it after both."""
+    def _line_ready(self, call: CallRecord) -> None:
+        """One of the access line's two conditions holds (record settled, call ended); queue it after both."""
         with _line_lock:
             call.line_waits -= 1
             if call.line_waits:
                 return
-        log = _access.error if call.code in _ERROR_CODES else _access.info
-        log("rpc", method=call.method, peer=call.peer, code=call.code.name,
-            duration_ms=round(call.duration * 1000, 3), bytes_in=call.bytes_in, bytes_out=call.bytes_out,
-            messages_in=call.messages_in, messages_out=call.messages_out, request_id=call.request_id)
+        assert self._lines is not None  # only called with the access log on
+        self._lines.submit(call)
 
 
 class DaemonObservability:
@@ -215,6 +257,8 @@ class DaemonObservability:
         self.interceptors = [ObservingInterceptor(access_log=cfg.log.access_log, observers=observers)]
 
     def close(self) -> None:
+        for interceptor in self.interceptors:
+            interceptor.close()
         if self.metrics is not None and self.metrics.store_collector is not None:
             self.metrics.store_collector.close()
         if self.metrics_server is not None:
