@@ -118,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         # Drained: a late second signal must not kill the interpreter while it exits (status 0).
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        observability.close()  # the access lines still queued come before "stopped"
         log.info("stopped")
     finally:
         if observability is not None:

@@ -257,10 +257,12 @@ class DaemonObservability:
         self.interceptors = [ObservingInterceptor(access_log=cfg.log.access_log, observers=observers)]
 
     def close(self) -> None:
+        """Drain the access log, stop the metrics endpoint; safe to call twice."""
         for interceptor in self.interceptors:
             interceptor.close()
         if self.metrics is not None and self.metrics.store_collector is not None:
             self.metrics.store_collector.close()
+        self.metrics = None
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
