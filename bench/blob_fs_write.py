@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,6 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine_info, markdown_table, update_section
 from tvixd.blobservice.fs import FsBlobService
+
+
+def _rate(write: Callable[[int], None], count: int, threads: int) -> float:
+    """Writes per second of ``write(0..count-1)`` from a pool of ``threads``."""
+    start = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(write, range(count)))
+    return count / (time.perf_counter() - start)
 
 
 def tvixd_rate(parent: str | None, count: int, size: int, threads: int, salt: int) -> float:
@@ -40,10 +49,7 @@ def tvixd_rate(parent: str | None, count: int, size: int, threads: int, salt: in
             w.write((salt + i).to_bytes(8, "little") + base[8:])
             w.close()
 
-        start = time.perf_counter()
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(write, range(count)))
-        return count / (time.perf_counter() - start)
+        return _rate(write, count, threads)
     finally:
         shutil.rmtree(root)
 
@@ -66,10 +72,7 @@ def raw_rate(parent: str | None, count: int, size: int, threads: int) -> float:
             finally:
                 os.close(dfd)
 
-        start = time.perf_counter()
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(write, range(count)))
-        return count / (time.perf_counter() - start)
+        return _rate(write, count, threads)
     finally:
         shutil.rmtree(root)
 

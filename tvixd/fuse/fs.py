@@ -110,6 +110,22 @@ def root_node(node_msg: Any) -> AnyNode | None:
     return getattr(node_msg, which) if which else None
 
 
+async def _from_store(fn: Callable[..., _T | None], *args: Any, digest: bytes, failed: str, missing: str) -> _T:
+    """A blocking store call on a worker thread; a failure or a missing object is EIO, logged with its digest.
+
+    To the kernel both are I/O errors (the tree it was shown promised the object); the log says which.
+    """
+    try:
+        result = await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
+    except Exception as e:
+        log.error(failed, digest=str(B3Digest(digest)), error=str(e))
+        raise pyfuse3.FUSEError(errno.EIO) from None
+    if result is None:
+        log.error(missing, digest=str(B3Digest(digest)))
+        raise pyfuse3.FUSEError(errno.EIO)
+    return result
+
+
 @dataclass
 class _FileHandle:
     """An open file: a reader over its blob, positioned at ``pos``, and the last bytes read.
@@ -282,14 +298,8 @@ class StoreFS(pyfuse3.Operations):
                     self.inodes.put_directory(sub_digest, directory)
                 if data.populated:
                     return data
-        try:
-            directory = await trio.to_thread.run_sync(self.store.directory.get, digest, abandon_on_cancel=True)
-        except Exception as e:
-            log.error("directory fetch failed", digest=str(digest), error=str(e))
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        if directory is None:
-            log.error("directory missing from the store", digest=str(digest))
-            raise pyfuse3.FUSEError(errno.EIO)
+        directory = await _from_store(self.store.directory.get, digest, digest=digest,
+                                      failed="directory fetch failed", missing="directory missing from the store")
         self.inodes.put_directory(digest, directory)
         return data
 
@@ -451,14 +461,8 @@ class StoreFS(pyfuse3.Operations):
         Its handle holds all the bytes (as a read-ahead buffer covering the file), so no read needs a reader.
         """
         digest = B3Digest(data.digest)
-        try:
-            content = await trio.to_thread.run_sync(blobs.read_verified, digest, data.size, abandon_on_cancel=True)
-        except Exception as e:
-            log.error("reading blob failed", digest=str(digest), error=str(e))
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        if content is None:
-            log.error("blob missing from the store", digest=str(digest))
-            raise pyfuse3.FUSEError(errno.EIO)
+        content = await _from_store(blobs.read_verified, digest, data.size, digest=digest,
+                                    failed="reading blob failed", missing="blob missing from the store")
         return _FileHandle(data.digest, data.size, None, buf=content)
 
     async def _open_local(self, blobs: FsBlobService, data: FileData) -> _LocalBlob:
@@ -503,15 +507,8 @@ class StoreFS(pyfuse3.Operations):
         return memoryview(handle.map)[off : off + size]
 
     async def _open_blob(self, digest: bytes) -> BlobReader:
-        try:
-            reader = await trio.to_thread.run_sync(self.store.blob.open_read, digest, abandon_on_cancel=True)
-        except Exception as e:
-            log.error("opening blob failed", digest=str(B3Digest(digest)), error=str(e))
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        if reader is None:
-            log.error("blob missing from the store", digest=str(B3Digest(digest)))
-            raise pyfuse3.FUSEError(errno.EIO)
-        return reader
+        return await _from_store(self.store.blob.open_read, digest, digest=digest,
+                                 failed="opening blob failed", missing="blob missing from the store")
 
     @_guard
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
