@@ -44,10 +44,11 @@ def tvixd_env(**extra: str) -> dict[str, str]:
 
 @dataclass
 class Sample:
-    """Wall time and peak resident set size of one subprocess run."""
+    """Wall time, CPU time (user + system) and peak resident set size of one subprocess run."""
 
     seconds: float
     peak_rss_mib: float
+    cpu_seconds: float = 0.0
 
 
 @dataclass
@@ -61,23 +62,39 @@ class Measurement:
         return statistics.median(s.seconds for s in self.samples)
 
     @property
+    def median_cpu(self) -> float:
+        return statistics.median(s.cpu_seconds for s in self.samples)
+
+    @property
     def peak_rss_mib(self) -> float:
         return max(s.peak_rss_mib for s in self.samples)
+
+
+GNU_TIME = "/usr/bin/time"
+"""Reports the peak RSS of the command it forks (apt package ``time``).
+
+Not ``wait4``'s ``ru_maxrss`` of our own child: Linux carries the memory high-water mark of the process
+that forked over ``exec``, so a child of this (possibly 150 MiB) benchmark process reports at least our
+size. ``time`` is a small process, and its child starts from that."""
 
 
 def run_once(
     cmd: Sequence[str], env: dict[str, str] | None = None, stdout: int | None = subprocess.DEVNULL
 ) -> Sample:
     """Run ``cmd`` to completion; fail loudly on a non-zero exit (a broken run is not a measurement)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(list(cmd), env=env, stdout=stdout, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - start
-    stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {stderr[-2000:]}")
-    return Sample(seconds=elapsed, peak_rss_mib=usage.ru_maxrss / 1024)
+    wrap = os.access(GNU_TIME, os.X_OK)
+    with tempfile.NamedTemporaryFile("r", prefix="bench-rss-") as rss_file:
+        argv = [GNU_TIME, "-q", "-f", "%M", "-o", rss_file.name, *cmd] if wrap else list(cmd)
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, env=env, stdout=stdout, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)  # CPU times include `time`'s reaped child
+        elapsed = time.perf_counter() - start
+        stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {stderr[-2000:]}")
+        peak_kib = int(rss_file.read().split()[-1]) if wrap else usage.ru_maxrss
+    return Sample(seconds=elapsed, peak_rss_mib=peak_kib / 1024, cpu_seconds=usage.ru_utime + usage.ru_stime)
 
 
 def measure(
@@ -141,7 +158,9 @@ def machine_info() -> dict[str, str]:
         "cpu": f"{cpu} x {os.cpu_count()}",
         "memory": f"{mem_kib / 1024 / 1024:.1f} GiB",
         "kernel": platform.release(),
-        "python": platform.python_version(),
+        # A venv, as users run tvixd (README): a system interpreter's site-packages .pth files (this VM's
+        # imports certifi at every start: +60 ms per command) would be measured as tvixd start-up.
+        "python": f"{platform.python_version()} ({'venv' if sys.prefix != sys.base_prefix else 'not a venv'})",
         "nix": _first_line(["nix-store", "--version"]) if shutil.which("nix-store") else "not installed",
     }
 

@@ -9,7 +9,7 @@ Usage: python bench/import_bench.py [--tree /usr/share/doc] [--runs 5] [--big-mi
 - big: one file of --big-mib MiB imported by both, to show peak RSS stays flat.
 
 Every number is the median of --runs runs after one untimed warm-up (page cache warm
-for both sides); peak RSS is the child's ru_maxrss. With --record the results replace
+for both sides); peak RSS as bench.common.run_once measures it (GNU time's %M). With --record the results replace
 the "import" section of BENCHMARKS.md.
 """
 
@@ -18,12 +18,9 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -78,43 +75,15 @@ def nix_add(store: Path, path: Path) -> list[str]:
     ]  # fmt: skip
 
 
-@dataclass
-class CpuSample:
-    """One run: wall seconds, CPU seconds (user + system, less sensitive to a busy machine), peak RSS."""
-
-    seconds: float
-    cpu: float
-    peak_rss_mib: float
-
-
-class Runs(Measurement):
-    """Samples with CPU time; medians of wall and CPU time."""
-
-    @property
-    def median_cpu(self) -> float:
-        return statistics.median(s.cpu for s in self.samples)
-
-
-def run_cpu(cmd: list[str], env: dict[str, str]) -> CpuSample:
-    """Run ``cmd``; fail loudly on a non-zero exit."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.read().decode(errors='replace')[-2000:]}")
-    return CpuSample(elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
-
-
 def interleaved(cases: dict[str, tuple[list[str], dict[str, str]]], runs: int, before_each=None) -> dict:
     """Run each case once per round, alternating, so load changes hit every case alike."""
-    results = {name: Runs() for name in cases}
+    results = {name: Measurement() for name in cases}
     for _ in range(runs):
         for name, (cmd, env) in cases.items():
             if before_each is not None:
                 before_each()
             os.sync()  # the clean-up's writeback must not bleed into the timed run
-            results[name].samples.append(run_cpu(cmd, env))
+            results[name].samples.append(run_once(cmd, env=env))
     return results
 
 
