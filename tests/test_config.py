@@ -21,6 +21,7 @@ from tvixd.store import StateDirError, ensure_state_dir
 SAMPLES = {
     "daemon.listen_address": (["localhost:1"], "localhost:2,unix:/run/x.sock", ["[::1]:3"]),
     "daemon.workers": (2, "3", 4),
+    "daemon.processes": (2, "3", 4),
     "daemon.shutdown_grace": (1.5, "2.5", 3.5),
     "daemon.tls_cert": ("/f/cert", "/e/cert", "/a/cert"),
     "daemon.tls_key": ("/f/key", "/e/key", "/a/key"),

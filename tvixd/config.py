@@ -123,6 +123,8 @@ class DaemonSection:
         ["localhost:8000"], "addresses to listen on: host:port, [ipv6]:port or unix:/path; one string or a list",
         check=_listen_check(unix=True), one_or_many=True)
     workers: int = key(32, "threads serving RPCs", check=_at_least(1))
+    processes: int = key(1, "serving processes sharing the TCP ports (SO_REUSEPORT); > 1 needs TCP addresses, "
+                         "shared backends (not memory://) and no metrics endpoint", check=_at_least(1))
     shutdown_grace: float = key(10.0, "seconds in-flight calls get to finish on SIGTERM/SIGINT", check=_at_least(0))
     tls_cert: str | None = key(None, "PEM certificate chain; with tls_key, serve TLS (clients use grpc+https://)",
                                check=_absolute)

@@ -79,6 +79,7 @@ class AccessLogWriter:
     """
 
     def __init__(self) -> None:
+        self._pid = os.getpid()  # which serving process answered (daemon.processes > 1)
         self._queue: queue.SimpleQueue[CallRecord | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = threading.Thread(
             target=self._run, name="tvixd-access-log", daemon=True)  # fmt: skip
@@ -93,7 +94,8 @@ class AccessLogWriter:
             log = _access.error if call.code in _ERROR_CODES else _access.info
             log("rpc", method=call.method, peer=call.peer, code=call.code.name,
                 duration_ms=round(call.duration * 1000, 3), bytes_in=call.bytes_in, bytes_out=call.bytes_out,
-                messages_in=call.messages_in, messages_out=call.messages_out, request_id=call.request_id)
+                messages_in=call.messages_in, messages_out=call.messages_out, request_id=call.request_id,
+                pid=self._pid)
 
     def close(self) -> None:
         """Write every queued line, then stop the thread."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import socket
 import stat
@@ -18,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from tvixd import errors
+from tvixd.server.listen import family_available, parse_listen_address
 from tvixd.server.servicers import SERVICE_NAMES, generic_handlers
 from tvixd.store import Store
 
@@ -38,54 +38,6 @@ class TlsConfig:
     private_key: bytes
 
 
-@dataclass(frozen=True)
-class BindSpec:
-    """One socket to bind: ``address`` as grpcio takes it; ``optional`` ones may fail (a missing IP family)."""
-
-    address: str
-    optional: bool = False
-    all_interfaces: bool = False
-
-
-def parse_listen_address(value: str) -> list[BindSpec]:
-    """Turn one ``-l`` value into sockets to bind.
-
-    ``localhost:PORT`` means both loopbacks (127.0.0.1 and [::1]; a host without
-    one of the families still starts); ``IP:PORT`` and ``[IPv6]:PORT`` bind that
-    address (``0.0.0.0`` / ``[::]`` = all interfaces); ``unix:/path`` a Unix
-    socket. Port 0 picks a free port (logged in the "listening" line).
-    """
-    if value.startswith("unix:"):
-        path = value[len("unix:"):]
-        if path.startswith("//"):
-            path = path[2:]
-        if not path:
-            raise errors.InvalidRequest(f"listen address {value!r}: empty unix socket path")
-        return [BindSpec(f"unix:{path}")]
-    host, sep, port_s = value.rpartition(":")
-    if not sep or not host:
-        raise errors.InvalidRequest(f"listen address {value!r}: expected HOST:PORT, [IPv6]:PORT or unix:/path")
-    try:
-        port = int(port_s)
-    except ValueError:
-        raise errors.InvalidRequest(f"listen address {value!r}: port {port_s!r} is not a number") from None
-    if not 0 <= port <= 65535:
-        raise errors.InvalidRequest(f"listen address {value!r}: port {port} out of range")
-    if host == "localhost":
-        return [BindSpec(f"127.0.0.1:{port}", optional=True), BindSpec(f"[::1]:{port}", optional=True)]
-    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        ip = ipaddress.ip_address(bare)
-    except ValueError:
-        if ":" in bare or not bare.replace("-", "").replace(".", "").isalnum():
-            raise errors.InvalidRequest(f"listen address {value!r}: invalid host {host!r}") from None
-        return [BindSpec(f"{host}:{port}")]  # a host name: grpcio resolves it
-    if ip.version == 6 and not host.startswith("["):
-        raise errors.InvalidRequest(f"listen address {value!r}: put IPv6 addresses in brackets, e.g. [::1]:8000")
-    shown = f"[{ip}]" if ip.version == 6 else str(ip)
-    return [BindSpec(f"{shown}:{port}", all_interfaces=ip.is_unspecified)]
-
-
 def _prepare_unix_socket(address: str) -> None:
     """Remove a stale socket file left by a crashed daemon; refuse to steal a live one."""
     path = address[len("unix:"):]
@@ -104,17 +56,6 @@ def _prepare_unix_socket(address: str) -> None:
         raise errors.InvalidRequest(f"listen address {address!r}: another server is listening on {path}")
     finally:
         probe.close()
-
-
-def _family_available(address: str) -> bool:
-    """Whether this host can bind the loopback of ``address``'s IP family at all (IPv6 may be disabled)."""
-    family, host = (socket.AF_INET6, "::1") if address.startswith("[") else (socket.AF_INET, "127.0.0.1")
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.bind((host, 0))
-    except OSError:
-        return False
-    return True
 
 
 class _ReflectionPool:
@@ -173,11 +114,14 @@ def build_server(
     tls: TlsConfig | None = None,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
     max_concurrent_rpcs: int | None = None,
+    reuse_port: bool = False,
 ) -> TvixdServer:
     """A server for ``store`` bound to every listen address (``parse_listen_address`` syntax).
 
     ``interceptors`` see every call (access log, metrics). ``max_concurrent_rpcs``
-    (default: no limit) makes further calls fail RESOURCE_EXHAUSTED. Raises
+    (default: no limit) makes further calls fail RESOURCE_EXHAUSTED. ``reuse_port`` is for the
+    serving processes of a multi-process daemon, which share their ports (the supervisor checked
+    that nobody else listens there: ``listen.resolve_shared``). Raises
     ``InvalidRequest`` naming the address when one cannot be bound.
     """
     if workers < 1:
@@ -196,7 +140,7 @@ def build_server(
         ("grpc.max_send_message_length", -1),
         # Without this Linux grpc sets SO_REUSEPORT, and a second daemon on the same port would
         # silently share it instead of failing.
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tvixd-grpc"),
@@ -230,7 +174,7 @@ def build_server(
         else:
             error = "" if port else "bind failed"
         if not port:
-            if spec.optional and not _family_available(address):
+            if spec.optional and not family_available(address):
                 _log.warning("IP family unavailable, not listening on it", address=address, error=error)
                 continue
             raise errors.InvalidRequest(f"cannot listen on {address}: {error or 'bind failed'} (address in use?)")
