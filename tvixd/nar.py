@@ -7,7 +7,9 @@ from its blob → ``DataLoss``; a malformed node (unset, digest not 32 bytes) �
 truncated in the store) → the blob service's ``DataLoss``, prefixed with the entry.
 
 Memory stays flat: files up to SMALL_FILE bytes are read whole, larger ones are
-streamed in chunks, and the walk is iterative, so deep trees do not hit the
+verified whole over read-only mappings (fs://, :meth:`BlobService.open_verified`)
+and then written from those mappings a window at a time, or streamed in chunks
+(other backends), and the walk is iterative, so deep trees do not hit the
 recursion limit.
 
 Speed: a store path is mostly small files, so the per-entry work is what counts
@@ -16,8 +18,10 @@ Speed: a store path is mostly small files, so the per-entry work is what counts
 of the blob file are about half). A small file costs one :meth:`BlobService.read_verified` (fs://: one
 open, one read, one blake3 call) and one :meth:`NarWriter.entry_file`; the
 directories come from one :meth:`DirectoryService.get_closure` (SQLite: one
-query per tree level). A small file's bytes reach the sink only after the whole
-blob was verified; a streamed file's last chunk is withheld by the verifying reader.
+query per tree level). With fs:// no byte of a file reaches the sink before its
+whole blob was verified (a 1 GiB file: one blake3 pass on all cores, then written
+from the mappings with no copy through Python: 0.96 -> ~0.45 s for `dump-path`);
+with a streaming backend a file's last chunk is withheld by the verifying reader.
 """
 
 from __future__ import annotations
@@ -95,7 +99,26 @@ class _Renderer:
         return data
 
     def file(self, node: FileNode) -> None:
+        """A file bigger than SMALL_FILE: verified whole first where the backend can (fs://), else streamed."""
         digest = _digest(node, "file")
+        try:
+            blob = self.blobs.open_verified(digest, node.size)
+        except NotImplementedError:
+            return self.streamed_file(node, digest)
+        except DataLoss as e:
+            raise DataLoss(f"entry {node.name!r}: {e}") from e
+        if blob is None:
+            raise NotFound(f"blob {digest} not found (referred from entry {node.name!r})")
+        w = self.writer
+        with blob:
+            w.file_start(node.size, node.executable)
+            for window in blob.windows():
+                w.file_chunk(window)  # written through from the mapping: no copy in Python
+            w.file_end()
+        return None
+
+    def streamed_file(self, node: FileNode, digest: B3Digest) -> None:
+        """Through a verifying reader: each chunk is written as it comes, the last only once the digest matched."""
         reader = self.blobs.open_read(digest)
         if reader is None:
             raise NotFound(f"blob {digest} not found (referred from entry {node.name!r})")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import TracebackType
 
 from tvixd.castore.digest import B3Digest
@@ -143,6 +143,26 @@ class BlobBatch:
         """Discard blobs not committed yet."""
 
 
+class VerifiedBlob(ABC):
+    """An open blob whose whole contents were verified (see :meth:`BlobService.open_verified`)."""
+
+    size: int
+
+    @abstractmethod
+    def windows(self) -> Iterator[memoryview]:
+        """The contents in order, as read-only buffers (valid while referenced; no copy made)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the file; buffers still referenced stay valid."""
+
+    def __enter__(self) -> VerifiedBlob:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class BlobService(ABC):
     """Stores and retrieves blobs by blake3 digest.
 
@@ -191,6 +211,18 @@ class BlobService(ABC):
             has = f"more than {size}" if got > size else str(got)
             raise DataLoss(f"blob {B3Digest(digest)} has {has} bytes, not the {size} expected")
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def open_verified(self, digest: bytes, size: int) -> VerifiedBlob | None:
+        """A big blob checked whole against its digest before any of its bytes is handed out.
+
+        Optional (backends whose blobs are local files implement it; the others raise
+        ``NotImplementedError`` and callers stream through :meth:`open_read`). Returns
+        ``None`` if the blob does not exist; raises ``DataLoss`` naming the digest if it
+        does not hash to it or is not ``size`` bytes long. Why: a NAR or FUSE reader can
+        then send a 1 GiB file without copying it through Python after one multi-threaded
+        hash pass, and never sends a byte that was not verified.
+        """
+        raise NotImplementedError
 
     @abstractmethod
     def open_write(self) -> BlobWriter:
