@@ -36,11 +36,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Mount, serve until a signal or an external unmount, unmount; 0 on a clean stop."""
-    try:
-        import pyfuse3  # noqa: F401
-    except ImportError:
-        print("tvixd mount: error: pyfuse3 is not installed (pip install 'tvixd[fuse]')", file=sys.stderr)
-        return 1
     from tvixd.cli.common import open_store
     from tvixd.fuse.mount import MountError, check_mountpoint, serve
 

@@ -2,10 +2,9 @@
 
 A FUSE process that dies without unmounting leaves a *stale* mount: every
 access to the mount point fails with ENOTCONN ("Transport endpoint is not
-connected") until someone runs ``fusermount3 -u``. So: signals are handled by
-trio (no KeyboardInterrupt halfway through a handler), the main loop is
-cancelled, and ``pyfuse3.close(unmount=True)`` always runs; and a stale mount
-found at start-up is reported with the fix instead of a confusing failure.
+connected") until someone runs ``fusermount3 -u``. So: SIGTERM/SIGINT only set a
+flag the main thread watches, the unmount always runs; and a stale mount found at
+start-up is reported with the fix instead of a confusing failure.
 """
 
 from __future__ import annotations
@@ -49,13 +48,14 @@ def check_mountpoint(dest: Path) -> None:
         raise MountError(f"{dest} is not a directory")
 
 
-def mount_options(*, allow_other: bool) -> set[str]:
-    """The FUSE mount options: read-only (the kernel refuses writes with EROFS), kernel permission checks."""
-    options = {"fsname=tvixd", "subtype=tvixd", "ro", "default_permissions", "nodev", "nosuid"}
-    if allow_other:
-        options.add("allow_other")
-    return options
+THREADS = 8
+"""Request threads: a request that blocks (a store fetch, a blob verification at open) holds only its own."""
 
+STOP_POLL = 0.2
+"""Seconds between looks at the signal flag while serving."""
+
+STOP_GRACE = 5.0
+"""Seconds to wait after unmounting for the connection to end before exiting anyway (the exit ends it)."""
 
 KERNEL_READ_AHEAD_KIB = 1024
 """The mount's kernel read-ahead window (the default is 128 KiB): the kernel then sends 1 MiB read
@@ -75,10 +75,6 @@ def set_kernel_read_ahead(device: int, kib: int = KERNEL_READ_AHEAD_KIB) -> None
         log.debug("could not set the kernel read-ahead", device=name, error=str(e))
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def serve(
     store: Store,
     dest: Path,
@@ -87,55 +83,54 @@ def serve(
     allow_other: bool = False,
     show_xattr: bool = False,
     on_ready: Callable[[], None] | None = None,
+    threads: int = THREADS,
 ) -> None:
     """Mount ``store`` at ``dest`` and serve it until SIGTERM/SIGINT or an external unmount.
 
-    Always unmounts before returning (unless someone else already did).
+    Always unmounts before returning (unless someone else already did). Signals only set a flag
+    (no exception halfway through a handler); the main thread polls it and the session's end.
     """
-    import pyfuse3
-    import trio
-
+    from tvixd.fuse import kernel
     from tvixd.fuse.fs import StoreFS
 
     check_mountpoint(dest)
     ops = StoreFS(store, list_root=list_root, show_xattr=show_xattr)
-    # From here on SIGTERM must not kill us outright (that would leave a stale mount): until trio's own
-    # signal receiver takes over, it interrupts like SIGINT does, and the `finally` below unmounts.
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    # From here on SIGTERM must not kill us outright: that would leave a stale mount.
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
-        pyfuse3.init(ops, str(dest), mount_options(allow_other=allow_other))
-    except RuntimeError as e:
+        fd = kernel.mount(str(dest), allow_other=allow_other)
+    except (kernel.MountFailed, OSError) as e:
         raise MountError(f"mounting at {dest} failed ({e}); is /dev/fuse usable and fusermount3 installed?") from None
-
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-
-                async def fuse_loop() -> None:
-                    await pyfuse3.main()
-                    # The main loop ends by itself when the filesystem is unmounted from outside.
-                    log.info("unmounted from outside", dest=str(dest))
-                    nursery.cancel_scope.cancel()
-
-                nursery.start_soon(fuse_loop)
-                # A stat through the mount returns once the kernel has finished FUSE INIT with us, which
-                # clamps the read-ahead; only then can it be widened, and only then are we really ready.
-                st = await trio.to_thread.run_sync(os.stat, dest, abandon_on_cancel=True)
-                set_kernel_read_ahead(st.st_dev)
-                log.info("mounted", dest=str(dest), list_root=list_root, show_xattr=show_xattr)
-                sd_notify("READY=1")
-                if on_ready is not None:
-                    on_ready()
-                async for signum in signals:
-                    log.info("unmounting", dest=str(dest), signal=signal.Signals(signum).name)
-                    sd_notify("STOPPING=1")
-                    nursery.cancel_scope.cancel()
-                    break
-
+    session = kernel.Session(fd, ops.handlers(), threads=threads)
+    ops.session = session
     try:
-        trio.run(main)
-    except KeyboardInterrupt:
-        log.info("unmounting", dest=str(dest), signal="early")
+        session.start()
+        # A stat through the mount returns once the kernel has finished FUSE INIT with us, which
+        # clamps the read-ahead; only then can it be widened, and only then are we really ready.
+        st = os.stat(dest)
+        set_kernel_read_ahead(st.st_dev)
+        log.info("mounted", dest=str(dest), list_root=list_root, show_xattr=show_xattr,
+                 passthrough=session.passthrough)  # fmt: skip
+        sd_notify("READY=1")
+        if on_ready is not None:
+            on_ready()
+        while not received and not session.ended.wait(STOP_POLL):
+            pass
+        if received:
+            log.info("unmounting", dest=str(dest), signal=signal.Signals(received[0]).name)
+            sd_notify("STOPPING=1")
+        else:
+            # The request threads end by themselves when the filesystem is unmounted from outside.
+            log.info("unmounted from outside", dest=str(dest))
     finally:
-        pyfuse3.close(unmount=True)
+        kernel.unmount(str(dest))
+        # Once unmounted (and no file is open on it any more) the kernel ends the connection.
+        if session.ended.wait(STOP_GRACE):
+            os.close(fd)
     log.info("stopped", dest=str(dest))
