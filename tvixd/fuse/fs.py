@@ -47,20 +47,20 @@ import structlog
 from tvixd.blobservice.base import BlobReader
 from tvixd.blobservice.fs import FsBlobService
 from tvixd.castore.digest import B3Digest
-from tvixd.castore.directory import AnyNode, directory_digest
+from tvixd.castore.directory import AnyNode
 from tvixd.errors import DataLoss
 from tvixd.fuse import kernel
 from tvixd.fuse.inodes import ROOT_INO, DirectoryData, FileData, InodeData, InodeTracker, SymlinkData
 from tvixd.fuse.kernel import FuseError
-from tvixd.proto.castore_pb2 import Directory, DirectoryNode, FileNode
+from tvixd.proto.castore_pb2 import Directory, DirectoryNode, FileNode, SymlinkNode
 from tvixd.store import Store
 
 log = structlog.get_logger("tvixd.fuse")
 
-TTL = 365 * 24 * 3600.0
+TTL = 365 * 24 * 3600
 """Attribute and entry cache lifetime: content under an inode never changes (SPEC §8.2 uses the maximum)."""
 
-ROOT_TTL = 1.0
+ROOT_TTL = 1
 """Attribute cache lifetime of the mount root itself."""
 
 SUBTREE_FETCH = 20_000
@@ -81,6 +81,8 @@ ROOT_SNAPSHOTS = 16
 """Root listings kept for readdir continuations (the kernel sends no OPENDIR, so offsets name the snapshot)."""
 
 DT_DIR, DT_REG, DT_LNK = 4, 8, 10
+DTYPE = {DirectoryNode: DT_DIR, FileNode: DT_REG, SymlinkNode: DT_LNK}
+_FILE_MODE = {False: stat.S_IFREG | 0o444, True: stat.S_IFREG | 0o555}
 
 _T = TypeVar("_T")
 
@@ -105,12 +107,6 @@ def _from_store(fn: Callable[..., _T | None], *args: Any, digest: bytes, failed:
         log.error(missing, digest=str(B3Digest(digest)))
         raise FuseError(errno.EIO)
     return result
-
-
-def _dtype(node: AnyNode) -> int:
-    if isinstance(node, DirectoryNode):
-        return DT_DIR
-    return DT_REG if isinstance(node, FileNode) else DT_LNK
 
 
 def _verify_fd(fd: int, size: int, digest: bytes) -> mmap.mmap | None:
@@ -222,18 +218,18 @@ class StoreFS:
 
     # -- attributes ----------------------------------------------------------------------------------------
 
-    def _attr(self, ino: int, data: InodeData | None) -> bytes:
-        """The packed ``fuse_attr`` of an inode (``data`` None: the root)."""
+    def _attr(self, ino: int, data: InodeData | None) -> tuple[int, int, int, int, int]:
+        """The varying ``fuse_attr`` fields of an inode (``data`` None: the root): ino size blocks mode blksize."""
         if data is None:
-            return kernel.pack_attr(ino, 0, 0, stat.S_IFDIR | 0o555, BLKSIZE)
-        if isinstance(data, FileData):
-            mode = stat.S_IFREG | (0o555 if data.executable else 0o444)
-            return kernel.pack_attr(ino, data.size, (data.size + 511) // 512, mode, BLKSIZE)
-        if isinstance(data, SymlinkData):
+            return ino, 0, 0, stat.S_IFDIR | 0o555, BLKSIZE
+        kind = type(data)
+        if kind is FileData:
+            return ino, data.size, (data.size + 511) // 512, _FILE_MODE[data.executable], BLKSIZE  # type: ignore[union-attr]
+        if kind is SymlinkData:
             # Linux ignores a symlink's mode (readlink needs no permission, and diff/tar/rsync do not
             # compare it), so we keep the reference's 0o444 rather than the conventional 0o777.
-            return kernel.pack_attr(ino, len(data.target), 0, stat.S_IFLNK | 0o444, BLKSIZE)
-        return kernel.pack_attr(ino, data.size, 0, stat.S_IFDIR | 0o555, BLKSIZE)
+            return ino, len(data.target), 0, stat.S_IFLNK | 0o444, BLKSIZE  # type: ignore[union-attr]
+        return ino, data.size, 0, stat.S_IFDIR | 0o555, BLKSIZE  # type: ignore[union-attr]
 
     def entry(self, ino: int) -> bytes:
         """The packed ``fuse_entry_out`` of a tracked inode (ENOENT if unknown), built once and kept.
@@ -243,16 +239,19 @@ class StoreFS:
         """
         e = self._entries.get(ino)
         if e is None:
-            e = self._entries[ino] = kernel.pack_entry(ino, self._attr(ino, self._data(ino)), TTL, TTL)
+            data = self.inodes.get(ino)
+            if data is None:
+                raise FuseError(errno.ENOENT)
+            e = self._entries[ino] = kernel.pack_entry(*self._attr(ino, data), TTL)
         return e
 
     def getattr(self, ino: int) -> bytes:
         """The packed ``fuse_attr_out`` of ``ino``; the root's is short-lived (a crashed mount shows soon)."""
         if ino == ROOT_INO:
-            return kernel.pack_attr_out(self._attr(ROOT_INO, None), ROOT_TTL)
+            return kernel.pack_attr_out(kernel.pack_attr(*self._attr(ROOT_INO, None)), ROOT_TTL)
         a = self._attr_outs.get(ino)
         if a is None:
-            a = self._attr_outs[ino] = kernel.pack_attr_out(self._attr(ino, self._data(ino)), TTL)
+            a = self._attr_outs[ino] = kernel.pack_attr_out(kernel.pack_attr(*self._attr(ino, self._data(ino))), TTL)
         return a
 
     def _data(self, ino: int) -> InodeData:
@@ -284,7 +283,7 @@ class StoreFS:
                 log.debug("subtree fetch failed, fetching the directory alone", digest=str(digest), error=str(e))
             else:
                 with self._lock:
-                    for sub_digest, directory in directories:
+                    for sub_digest, directory in directories.items():
                         self.inodes.put_directory(sub_digest, directory)
                 if data.populated:
                     return data
@@ -294,16 +293,9 @@ class StoreFS:
             self.inodes.put_directory(digest, directory)
         return data
 
-    def _fetch_subtree(self, digest: B3Digest) -> list[tuple[B3Digest, Directory]]:
-        """The directory and all its descendants, each with its digest (root first)."""
-        out = []
-        seen: set[bytes] = set()
-        for directory in self.store.directory.get_recursive(digest):
-            sub_digest = directory_digest(directory)
-            if sub_digest not in seen:
-                seen.add(sub_digest)
-                out.append((sub_digest, directory))
-        return out
+    def _fetch_subtree(self, digest: B3Digest) -> dict[B3Digest, Directory]:
+        """The directory and all its descendants by digest (SQLite: one query per tree level)."""
+        return self.store.directory.get_closure(digest)
 
     def lookup(self, parent: int, name: bytes) -> int:
         """The inode of ``name`` in directory ``parent`` (ENOENT, ENOTDIR, EIO)."""
@@ -370,7 +362,7 @@ class StoreFS:
         else:
             data = self._populated(self._data(ino))
             assert data.children is not None
-            records = [kernel.pack_dirent(c, i + 1, bytes(n.name), _dtype(n)) for i, (c, n) in enumerate(data.children)]
+            records = [kernel.pack_dirent(c, i + 1, n.name, DTYPE[type(n)]) for i, (c, n) in enumerate(data.children)]
         out: list[bytes] = []
         used = 0
         for i in range(offset, len(records)):
@@ -382,11 +374,19 @@ class StoreFS:
         return out
 
     def _pack_listing(self, ino: int) -> list[bytes]:
-        """All readdirplus records of a directory, packed once (its entries and their attributes never change)."""
+        """All readdirplus records of a directory, packed once (its entries and their attributes never change).
+
+        A tree's first `find` packs one record per entry, so this loop is kept tight.
+        """
         data = self._populated(self._data(ino))
         assert data.children is not None
-        return [self.entry(c) + kernel.pack_dirent(c, i + 1, bytes(n.name), _dtype(n))
-                for i, (c, n) in enumerate(data.children)]  # fmt: skip
+        entries, entry, dirent, padding = self._entries, self.entry, kernel.DIRENT.pack, kernel.PADDING
+        out = []
+        for i, (c, n) in enumerate(data.children):
+            name = n.name
+            out.append((entries.get(c) or entry(c)) + dirent(c, i + 1, len(name), DTYPE[type(n)]) + name
+                       + padding[len(name) & 7])  # fmt: skip
+        return out
 
     def _readdir_root(self, offset: int, size: int, plus: bool) -> list[bytes]:
         gen, start = offset >> 32, offset & 0xFFFFFFFF
@@ -402,7 +402,7 @@ class StoreFS:
         used = 0
         for i in range(start, len(entries)):
             c, n = entries[i]
-            r = kernel.pack_dirent(c, (gen << 32) | (i + 1), bytes(n.name), _dtype(n))
+            r = kernel.pack_dirent(c, (gen << 32) | (i + 1), n.name, DTYPE[type(n)])
             if plus:
                 r = self.entry(c) + r
             used += len(r)

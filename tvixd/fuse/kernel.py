@@ -76,6 +76,7 @@ IN_HEADER_SIZE = IN_HEADER.size  # 40
 # ino size blocks atime mtime ctime atimensec mtimensec ctimensec mode nlink uid gid rdev blksize flags
 ATTR = struct.Struct("<QQQQQQIIIIIIIIII")
 ENTRY_OUT_HEAD = struct.Struct("<QQQQII")  # nodeid generation entry_valid attr_valid entry_valid_nsec attr_valid_nsec
+ENTRY_OUT = struct.Struct("<QQQQII" + ATTR.format[1:])  # the head and the fuse_attr in one pack
 ATTR_OUT_HEAD = struct.Struct("<QII")  # attr_valid attr_valid_nsec dummy
 DIRENT = struct.Struct("<QQII")  # ino off namelen type (name follows, padded to 8)
 OPEN_OUT = struct.Struct("<QIi")  # fh open_flags backing_id
@@ -183,21 +184,24 @@ def pack_attr(ino: int, size: int, blocks: int, mode: int, blksize: int) -> byte
     return ATTR.pack(ino, size, blocks, 0, 0, 0, 0, 0, 0, mode, 1, 0, 0, 0, blksize, 0)
 
 
-def pack_entry(ino: int, attr: bytes, entry_ttl: float, attr_ttl: float) -> bytes:
-    """A ``fuse_entry_out`` (LOOKUP's reply and the head of a READDIRPLUS entry)."""
-    e, a = int(entry_ttl), int(attr_ttl)
-    return ENTRY_OUT_HEAD.pack(ino, 1, e, a, int((entry_ttl - e) * 1e9), int((attr_ttl - a) * 1e9)) + attr
+def pack_entry(ino: int, size: int, blocks: int, mode: int, blksize: int, ttl: int) -> bytes:
+    """A ``fuse_entry_out`` (LOOKUP's reply, the head of a READDIRPLUS entry): :func:`pack_attr`'s attributes,
+    entry and attributes valid for ``ttl`` seconds. One pack: a tree's first listing builds one per entry."""
+    return ENTRY_OUT.pack(ino, 1, ttl, ttl, 0, 0, ino, size, blocks, 0, 0, 0, 0, 0, 0, mode, 1, 0, 0, 0, blksize, 0)
 
 
-def pack_attr_out(attr: bytes, attr_ttl: float) -> bytes:
-    """A ``fuse_attr_out`` (GETATTR's reply)."""
-    a = int(attr_ttl)
-    return ATTR_OUT_HEAD.pack(a, int((attr_ttl - a) * 1e9), 0) + attr
+def pack_attr_out(attr: bytes, attr_ttl: int) -> bytes:
+    """A ``fuse_attr_out`` (GETATTR's reply); lifetime in whole seconds."""
+    return ATTR_OUT_HEAD.pack(attr_ttl, 0, 0) + attr
+
+
+PADDING = [b"\0" * (-n % 8) for n in range(8)]
+"""Zero bytes that pad a name of length n to a multiple of 8: ``PADDING[len(name) & 7]``."""
 
 
 def pack_dirent(ino: int, off: int, name: bytes, dtype: int) -> bytes:
     """A ``fuse_dirent``, padded to 8 bytes."""
-    return DIRENT.pack(ino, off, len(name), dtype) + name + b"\0" * (-len(name) % 8)
+    return DIRENT.pack(ino, off, len(name), dtype) + name + PADDING[len(name) & 7]
 
 
 def pack_open(fh: int, open_flags: int, backing_id: int = 0) -> bytes:
