@@ -92,32 +92,37 @@ def mounted(state: Path, dest: Path) -> Iterator[Mount]:
 
 
 def serve_counting(dest: Path, state: Path, out: Path) -> None:
-    """Child process of --requests: `tvixd mount` with every handler counted; SIGUSR1 writes the counts to ``out``."""
+    """Child process of --requests: `tvixd mount` with every request counted; SIGUSR1 writes the counts to ``out``.
+
+    Counts what reaches tvixd's handlers; requests the protocol layer answers itself (INIT, OPENDIR,
+    FLUSH, ...) are counted under their opcode number by wrapping the session's dispatch table too.
+    """
     import collections
-    import functools
     import json
     import signal as signals
+    import struct
 
     import tvixd.fuse.fs as fs
+    from tvixd.fuse import kernel
     from tvixd.fuse.mount import serve
     from tvixd.store import Store, StoreAddrs
 
     counts: collections.Counter[str] = collections.Counter()
+    handlers = fs.StoreFS.handlers
 
-    def counted(name: str, method: Any) -> Any:
-        @functools.wraps(method)
-        async def wrapper(self: Any, *args: Any) -> Any:
-            counts[name] += 1
-            if name == "read":
-                counts[f"read of {args[2] >> 10} KiB"] += 1
-            return await method(self, *args)
+    def counted(self: Any) -> dict[int, Any]:
+        def wrap(opcode: int, handler: Any) -> Any:
+            def wrapper(nodeid: int, req: bytes) -> Any:
+                counts[kernel.OPCODE_NAMES.get(opcode, str(opcode)).lower()] += 1
+                if opcode == kernel.READ:
+                    counts[f"read of {struct.unpack_from('<I', req, 56)[0] >> 10} KiB"] += 1
+                return handler(nodeid, req)
 
-        return wrapper
+            return wrapper
 
-    ops = ("lookup", "getattr", "readlink", "opendir", "readdir", "releasedir", "open", "read", "release", "flush",
-           "getxattr", "listxattr", "statfs", "forget")  # fmt: skip
-    counting = type("CountingStoreFS", (fs.StoreFS,), {op: counted(op, getattr(fs.StoreFS, op)) for op in ops})
-    fs.StoreFS = counting  # type: ignore[misc]  # what serve() instantiates
+        return {opcode: wrap(opcode, h) for opcode, h in handlers(self).items()}
+
+    fs.StoreFS.handlers = counted  # type: ignore[method-assign]  # what serve() asks for
     signals.signal(signals.SIGUSR1, lambda *_: out.write_text(json.dumps(counts)))
     with Store.open(StoreAddrs.embedded(state)) as store:
         serve(store, dest, on_ready=lambda: out.write_text("{}"))

@@ -505,3 +505,31 @@ def test_over_a_real_daemon_with_backward_seeks(tmp_path: Path) -> None:
         while os.path.ismount(m.path) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not os.path.ismount(m.path)
+
+
+def test_mount_through_fusermount3(store_dir: tuple[Path, StoreAddrs, Path, str], tmp_path: Path) -> None:
+    """The non-root way in (fusermount3 mounts, the /dev/fuse fd comes back over _FUSE_COMMFD), run as anyone."""
+    from tvixd.fuse import kernel
+    from tvixd.fuse.fs import StoreFS
+
+    _, addrs, _, nasty = store_dir
+    dest = tmp_path / "mnt"
+    dest.mkdir()
+    with Store.open(addrs) as store:
+        fd = kernel.mount_with_fusermount(str(dest), allow_other=False)
+        fs = StoreFS(store)
+        session = kernel.Session(fd, fs.handlers(), threads=2)
+        fs.session = session
+        session.start()
+        try:
+            assert os.path.ismount(dest)
+            assert (dest / FILE_B).read_bytes() == BLOB_B
+            assert (dest / nasty / "big").stat().st_size == 3 * 1024 * 1024 + 12345
+            with pytest.raises(OSError) as e:
+                os.mkdir(dest / nasty / "new")
+            assert e.value.errno == errno.EROFS
+        finally:
+            subprocess.run(["fusermount3", "-u", str(dest)], check=True, timeout=60)
+            assert session.ended.wait(60)
+            os.close(fd)
+        assert not os.path.ismount(dest)

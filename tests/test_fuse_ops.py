@@ -1,26 +1,30 @@
-"""StoreFS operations called directly (no kernel, no /dev/fuse): the error paths a mount can't easily provoke.
+"""StoreFS operations and the FUSE protocol layer without a mount: the error paths a mount can't easily provoke.
 
-Unknown inodes and file handles must give errors, never crash the mount (Part A §10); a forward-only
-blob reader (the gRPC client) must be reopened for a backward read.
+Unknown inodes, file handles and opcodes must give errors, never crash the mount (Part A §10); a
+forward-only blob reader (the gRPC client) must be reopened for a backward read. The protocol tests
+drive a real :class:`tvixd.fuse.kernel.Session` over a SOCK_SEQPACKET socket pair with the kernel's
+own message layout (one request per read, as /dev/fuse does).
 """
 
 from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
+import socket
+import struct
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from typing import Any
 
 import pytest
 
-pyfuse3 = pytest.importorskip("pyfuse3")  # a test dependency; absent only outside the [test] extra
-import trio  # noqa: E402
-
-from tests.fixtures import BLOB_A, BLOB_B  # noqa: E402
-from tests.fuse_helpers import DIR_COMPLICATED, FILE_A, FILE_B, populate_fixtures  # noqa: E402
-from tvixd.fuse.fs import StoreFS  # noqa: E402
-from tvixd.fuse.inodes import ROOT_INO  # noqa: E402
-from tvixd.store import Store, StoreAddrs  # noqa: E402
+from tests.fixtures import BLOB_A, BLOB_B
+from tests.fuse_helpers import DIR_COMPLICATED, FILE_A, FILE_B, populate_fixtures
+from tvixd.fuse import kernel
+from tvixd.fuse.fs import StoreFS
+from tvixd.fuse.inodes import ROOT_INO, DirectoryData
+from tvixd.fuse.kernel import FuseError
+from tvixd.store import Store, StoreAddrs
 
 UNKNOWN = 987654
 
@@ -32,66 +36,69 @@ def store() -> Iterator[Store]:
         yield s
 
 
-def call(fn, *args):
-    """Run one async operation; return its result or the FUSE errno it failed with."""
-
-    async def go():
-        try:
-            return await fn(*args)
-        except pyfuse3.FUSEError as e:
-            return ("errno", e.errno)
-
-    return trio.run(go)
+def err(fn: Callable[..., Any], *args: Any) -> int | None:
+    """The errno ``fn(*args)`` fails with, or None if it succeeds."""
+    try:
+        fn(*args)
+    except FuseError as e:
+        return e.errno
+    return None
 
 
 def test_unknown_inodes_and_handles(store: Store) -> None:
     fs = StoreFS(store)
-    assert call(fs.getattr, UNKNOWN, None) == ("errno", errno.ENOENT)
-    assert call(fs.lookup, UNKNOWN, b"x", None) == ("errno", errno.ENOENT)
-    assert call(fs.readlink, UNKNOWN, None) == ("errno", errno.ENOENT)
-    assert call(fs.open, UNKNOWN, os.O_RDONLY, None) == ("errno", errno.ENOENT)
-    assert call(fs.opendir, UNKNOWN, None) == ("errno", errno.ENOENT)
-    assert call(fs.getxattr, UNKNOWN, b"user.x", None) == ("errno", pyfuse3.ENOATTR)
-    assert call(fs.read, UNKNOWN, 0, 10) == ("errno", errno.EBADF)
-    assert call(fs.readdir, UNKNOWN, 0, None) == ("errno", errno.EBADF)
-    assert call(fs.release, UNKNOWN) is None
-    assert call(fs.releasedir, UNKNOWN) is None
+    assert err(fs.getattr, UNKNOWN) == errno.ENOENT
+    assert err(fs.entry, UNKNOWN) == errno.ENOENT
+    assert err(fs.lookup, UNKNOWN, b"x") == errno.ENOENT
+    assert err(fs.readlink, UNKNOWN) == errno.ENOENT
+    assert err(fs.open, UNKNOWN, os.O_RDONLY) == errno.ENOENT
+    assert err(fs.readdir, UNKNOWN, 0, 4096) == errno.ENOENT
+    assert err(fs.getxattr, UNKNOWN, b"user.x") == errno.ENODATA
+    assert err(fs.read, UNKNOWN, 0, 10) == errno.EBADF
+    assert err(fs.release, UNKNOWN) is None
     # still fully working afterwards
-    assert call(fs.getattr, ROOT_INO, None).st_mode & 0o777 == 0o555
+    assert err(fs.getattr, ROOT_INO) is None
+    assert fs.lookup(ROOT_INO, FILE_A.encode()) >= 2
 
 
 def test_wrong_kinds(store: Store) -> None:
     fs = StoreFS(store, show_xattr=True)
-    f = call(fs.lookup, ROOT_INO, FILE_A.encode(), None).st_ino
-    d = call(fs.lookup, ROOT_INO, DIR_COMPLICATED.encode(), None).st_ino
-    assert call(fs.lookup, f, b"x", None) == ("errno", errno.ENOTDIR)
-    assert call(fs.opendir, f, None) == ("errno", errno.ENOTDIR)
-    assert call(fs.readlink, f, None) == ("errno", errno.EINVAL)
-    assert call(fs.readlink, ROOT_INO, None) == ("errno", errno.EINVAL)
-    assert call(fs.open, d, os.O_RDONLY, None) == ("errno", errno.EISDIR)
-    assert call(fs.open, ROOT_INO, os.O_RDONLY, None) == ("errno", errno.EISDIR)
-    assert call(fs.open, f, os.O_WRONLY, None) == ("errno", errno.EROFS)
-    assert call(fs.lookup, ROOT_INO, b"\xff\xfe", None) == ("errno", errno.ENOENT)
-    assert call(fs.listxattr, ROOT_INO, None) == []
+    f = fs.lookup(ROOT_INO, FILE_A.encode())
+    d = fs.lookup(ROOT_INO, DIR_COMPLICATED.encode())
+    assert err(fs.lookup, f, b"x") == errno.ENOTDIR
+    assert err(fs.readdir, f, 0, 4096) == errno.ENOTDIR
+    assert err(fs.readlink, f) == errno.EINVAL
+    assert err(fs.readlink, ROOT_INO) == errno.EINVAL
+    assert err(fs.open, d, os.O_RDONLY) == errno.EISDIR
+    assert err(fs.open, ROOT_INO, os.O_RDONLY) == errno.EISDIR
+    assert err(fs.open, f, os.O_WRONLY) == errno.EROFS
+    assert err(fs.open, f, os.O_RDONLY | os.O_TRUNC) == errno.EROFS
+    assert err(fs.lookup, ROOT_INO, b"\xff\xfe") == errno.ENOENT
+    assert err(fs.readdir, ROOT_INO, 0, 4096) == errno.EPERM  # no --list-root
+    assert fs.xattrs(ROOT_INO) == {}
 
 
-def test_write_operations_are_erofs(store: Store) -> None:
-    fs = StoreFS(store)
-    for op, args in [
-        (fs.mkdir, (ROOT_INO, b"d", 0o755, None)),
-        (fs.create, (ROOT_INO, b"f", 0o644, os.O_WRONLY, None)),
-        (fs.unlink, (ROOT_INO, b"f", None)),
-        (fs.rmdir, (ROOT_INO, b"d", None)),
-        (fs.symlink, (ROOT_INO, b"l", b"t", None)),
-        (fs.rename, (ROOT_INO, b"a", ROOT_INO, b"b", 0, None)),
-        (fs.link, (2, ROOT_INO, b"h", None)),
-        (fs.write, (1, 0, b"x")),
-        (fs.setattr, (ROOT_INO, None, None, None, None)),
-        (fs.setxattr, (ROOT_INO, b"user.x", b"1", None)),
-        (fs.removexattr, (ROOT_INO, b"user.x", None)),
-        (fs.mknod, (ROOT_INO, b"n", 0o644, 0, None)),
-    ]:
-        assert call(op, *args) == ("errno", errno.EROFS), op
+def test_root_listing_offsets_name_their_snapshot(store: Store) -> None:
+    """No OPENDIR reaches us, so a continuation's offset must find the listing it continues."""
+    fs = StoreFS(store, list_root=True)
+
+    def names(records: list[bytes], plus: bool) -> list[tuple[bytes, int]]:
+        out = []
+        for r in records:
+            _, off, namelen, _ = kernel.DIRENT.unpack_from(r, 128 if plus else 0)
+            start = (128 if plus else 0) + kernel.DIRENT.size
+            out.append((r[start : start + namelen], off))
+        return out
+
+    first = names(fs.readdir(ROOT_INO, 0, 400, plus=True), True)
+    assert 1 <= len(first) < 8  # 400 bytes hold two direntplus records
+    rest = names(fs.readdir(ROOT_INO, first[-1][1], 1 << 16, plus=True), True)
+    every = [n for n, _ in first + rest]
+    assert len(every) == len(set(every)) == 8
+    # A second listing started meanwhile does not disturb the first one's continuation.
+    other = names(fs.readdir(ROOT_INO, 0, 1 << 16, plus=False), False)
+    assert sorted(n for n, _ in other) == sorted(every)
+    assert names(fs.readdir(ROOT_INO, first[-1][1], 1 << 16, plus=True), True) == rest
 
 
 def test_backward_reads_reopen_a_forward_only_reader(store: Store) -> None:
@@ -101,38 +108,106 @@ def test_backward_reads_reopen_a_forward_only_reader(store: Store) -> None:
         url = serve_in_process(stack, store)
         with Store.open(StoreAddrs(blob=url, directory=url, path_info=url)) as remote:
             fs = StoreFS(remote)
-            ino = call(fs.lookup, ROOT_INO, FILE_B.encode(), None).st_ino
-
-            async def reads() -> list[bytes]:
-                info = await fs.open(ino, os.O_RDONLY, None)
-                out = []
-                for off, n in [(1_000_000, 10), (5, 10), (1_044_470, 100), (0, 4096), (2_000_000, 1)]:
-                    handle = fs._files[info.fh]
-                    handle.buf = b""  # defeat the read-ahead buffer: every read goes to the reader
-                    out.append(await fs.read(info.fh, off, n))
-                await fs.release(info.fh)
-                return out
-
-            got = trio.run(reads)
+            ino = fs.lookup(ROOT_INO, FILE_B.encode())
+            fh, flags, backing = fs.open(ino, os.O_RDONLY)
+            assert flags == kernel.FOPEN_KEEP_CACHE and backing == 0
+            got = []
+            for off, n in [(1_000_000, 10), (5, 10), (1_044_470, 100), (0, 4096), (2_000_000, 1)]:
+                fs._files[fh].buf = b""  # type: ignore[union-attr]  # defeat the read-ahead: every read reads
+                got.append(bytes(fs.read(fh, off, n)))
+            fs.release(fh)
             assert got == [BLOB_B[1_000_000:1_000_010], BLOB_B[5:15], BLOB_B[1_044_470:], BLOB_B[:4096], b""]
-            assert call(fs.read, 1, 0, 1) == ("errno", errno.EBADF)  # released
-            a = call(fs.lookup, ROOT_INO, FILE_A.encode(), None).st_ino
-
-            async def small() -> bytes:
-                info = await fs.open(a, os.O_RDONLY, None)
-                return await fs.read(info.fh, 0, 4096)
-
-            assert trio.run(small) == BLOB_A
+            assert err(fs.read, fh, 0, 1) == errno.EBADF  # released
+            a = fs.lookup(ROOT_INO, FILE_A.encode())
+            fh, _, _ = fs.open(a, os.O_RDONLY)
+            assert bytes(fs.read(fh, 0, 4096)) == BLOB_A
 
 
 def test_small_subtrees_are_fetched_whole(store: Store) -> None:
     """Looking into a store path populates its whole (small) directory tree with one fetch."""
-    from tvixd.fuse.inodes import DirectoryData
-
     fs = StoreFS(store)
-    root = call(fs.lookup, ROOT_INO, DIR_COMPLICATED.encode(), None).st_ino
-    keep = call(fs.lookup, root, b"keep", None).st_ino
+    root = fs.lookup(ROOT_INO, DIR_COMPLICATED.encode())
+    keep = fs.lookup(root, b"keep")
     data = fs.inodes.get(keep)
     assert isinstance(data, DirectoryData) and data.populated
-    assert [bytes(n.name) for _, n in data.children] == [b".keep"]
-    assert call(fs.lookup, root, b"missing", None) == ("errno", errno.ENOENT)
+    assert [bytes(n.name) for _, n in data.children or []] == [b".keep"]
+    assert err(fs.lookup, root, b"missing") == errno.ENOENT
+
+
+# -- the protocol layer ---------------------------------------------------------------------------------------
+
+
+class Wire:
+    """The kernel's side of a Session: sends requests, reads replies (one message each)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.unique = 0
+
+    def send(self, opcode: int, nodeid: int = ROOT_INO, body: bytes = b"") -> int:
+        self.unique += 2
+        self.sock.send(kernel.IN_HEADER.pack(kernel.IN_HEADER_SIZE + len(body), opcode, self.unique, nodeid, 0, 0, 1,
+                                             0, 0) + body)  # fmt: skip
+        return self.unique
+
+    def call(self, opcode: int, nodeid: int = ROOT_INO, body: bytes = b"") -> tuple[int, bytes]:
+        """Send one request; (errno, payload) of its reply."""
+        unique = self.send(opcode, nodeid, body)
+        reply = self.sock.recv(1 << 20)
+        length, error, got = kernel.OUT_HEADER.unpack_from(reply)
+        assert got == unique and length == len(reply)
+        return -error, reply[kernel.OUT_HEADER.size :]
+
+
+@pytest.fixture
+def wire(store: Store) -> Iterator[Wire]:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    theirs.settimeout(60)
+    session = kernel.Session(ours.fileno(), StoreFS(store).handlers(), threads=2)
+    session.start()
+    w = Wire(theirs)
+    flags = kernel.DO_READDIRPLUS | kernel.NO_OPENDIR_SUPPORT | kernel.INIT_EXT | kernel.ASYNC_READ
+    e, out = w.call(kernel.INIT, 0, kernel.INIT_IN.pack(7, 45, 1 << 20, flags) + struct.pack("<I", 0) + bytes(44))
+    assert e == 0
+    major, minor, _, granted, *_ = kernel.INIT_OUT.unpack(out)
+    assert (major, minor) == (7, 40) and granted & kernel.NO_OPENDIR_SUPPORT and not granted & kernel.WRITEBACK_CACHE
+    assert session.no_opendir and not session.passthrough  # not offered here
+    try:
+        yield w
+    finally:
+        theirs.close()  # the session's reads then fail: its threads end
+        session.join(timeout=10)
+        ours.close()
+
+
+def test_protocol_answers_everything_without_crashing(wire: Wire) -> None:
+    e, out = wire.call(kernel.LOOKUP, ROOT_INO, FILE_A.encode() + b"\0")
+    assert e == 0
+    ino = struct.unpack_from("<Q", out)[0]
+    assert kernel.ENTRY_OUT.unpack(out)[7] == len(BLOB_A)  # fuse_attr.size
+    assert wire.call(kernel.LOOKUP, ROOT_INO, b"nope\0")[0] == errno.ENOENT
+    assert wire.call(kernel.GETATTR, UNKNOWN, bytes(16))[0] == errno.ENOENT
+    assert wire.call(kernel.READ, ino, kernel.READ_IN.pack(UNKNOWN, 0, 10, 0) + bytes(16))[0] == errno.EBADF
+    assert wire.call(kernel.OPENDIR, ino, bytes(8))[0] == errno.ENOSYS  # the kernel then stops sending them
+    for opcode in (kernel.MKDIR, kernel.UNLINK, kernel.WRITE, kernel.SETATTR, kernel.CREATE, kernel.SETXATTR,
+                   kernel.RENAME2, kernel.FALLOCATE, kernel.COPY_FILE_RANGE):  # fmt: skip
+        assert wire.call(opcode, ino, bytes(64))[0] == errno.EROFS, opcode
+    for opcode in (kernel.BMAP, kernel.IOCTL, kernel.POLL, kernel.LSEEK, 200, 4096):
+        assert wire.call(opcode, ino, bytes(64))[0] == errno.ENOSYS, opcode
+    # Requests without a reply, then a normal one: the next reply must be the next request's.
+    wire.send(kernel.FORGET, ino, struct.pack("<Q", 1))
+    wire.send(kernel.BATCH_FORGET, 0, struct.pack("<II", 1, 0) + struct.pack("<QQ", ino, 1))
+    wire.send(kernel.INTERRUPT, 0, struct.pack("<Q", 12345))
+    e, out = wire.call(kernel.OPEN, ino, struct.pack("<II", os.O_RDONLY, 0))
+    assert e == 0
+    fh, flags, backing = kernel.OPEN_OUT.unpack(out)
+    assert flags == kernel.FOPEN_KEEP_CACHE and backing == 0
+    e, out = wire.call(kernel.READ, ino, kernel.READ_IN.pack(fh, 0, 4096, 0) + bytes(16))
+    assert (e, out) == (0, BLOB_A)
+    assert wire.call(kernel.RELEASE, ino, struct.pack("<QIIQ", fh, 0, 0, 0)) == (0, b"")
+    assert wire.call(kernel.STATFS, ino)[0] == 0
+    # A request too short for its arguments is a handler failure: EIO, and the session goes on.
+    assert wire.call(kernel.READ, ino, b"")[0] == errno.EIO
+    assert wire.call(kernel.GETXATTR, ino, struct.pack("<II", 100, 0) + b"user.x\0")[0] == errno.ENODATA
+    assert wire.call(kernel.LISTXATTR, ino, struct.pack("<II", 0, 0)) == (0, struct.pack("<II", 0, 0))
+    assert wire.call(kernel.LOOKUP, ROOT_INO, FILE_A.encode() + b"\0")[0] == 0

@@ -43,6 +43,9 @@ INTERRUPT, BMAP, DESTROY, IOCTL, POLL, NOTIFY_REPLY, BATCH_FORGET, FALLOCATE = 3
 READDIRPLUS, RENAME2, LSEEK, COPY_FILE_RANGE, SETUPMAPPING, REMOVEMAPPING, SYNCFS, TMPFILE = (
     44, 45, 46, 47, 48, 49, 50, 51)  # fmt: skip
 STATX, COPY_FILE_RANGE_64 = 52, 53
+OPCODE_NAMES = {v: k for k, v in dict(globals()).items() if k.isupper() and isinstance(v, int) and k != "KERNEL_VERSION"
+                and k != "KERNEL_MINOR_VERSION"}  # fmt: skip
+"""Opcode -> name, for logs and request counts."""
 
 WRITE_OPS = (SETATTR, SYMLINK, MKNOD, MKDIR, UNLINK, RMDIR, RENAME, LINK, WRITE, SETXATTR, REMOVEXATTR, CREATE,
              FALLOCATE, RENAME2, COPY_FILE_RANGE, TMPFILE, COPY_FILE_RANGE_64)  # fmt: skip
@@ -55,6 +58,7 @@ NO_REPLY = (FORGET, BATCH_FORGET, INTERRUPT)
 ASYNC_READ = 1 << 0
 BIG_WRITES = 1 << 5
 DO_READDIRPLUS = 1 << 13
+WRITEBACK_CACHE = 1 << 16  # never asked for: passthrough excludes it, and nothing is written
 PARALLEL_DIROPS = 1 << 18
 MAX_PAGES = 1 << 22
 CACHE_SYMLINKS = 1 << 23
@@ -287,6 +291,8 @@ class Session:
                         log.error("reading /dev/fuse failed", error=str(e))
                     return
                 if len(data) < IN_HEADER_SIZE:
+                    if not data:  # end of file: not /dev/fuse's way, but nothing more will come
+                        return
                     continue
                 _, opcode, unique, nodeid, _, _, _, _, _ = IN_HEADER.unpack_from(data)
                 handler = handlers.get(opcode)
@@ -311,7 +317,7 @@ class Session:
                 except FuseError as e:
                     self.reply_error(unique, e.errno)
                 except Exception:
-                    log.exception("FUSE handler failed", opcode=opcode)
+                    log.exception("FUSE handler failed", opcode=OPCODE_NAMES.get(opcode, opcode))
                     self.reply_error(unique, errno.EIO)
         finally:
             with self._alive_lock:
