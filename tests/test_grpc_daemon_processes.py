@@ -64,6 +64,8 @@ def test_connections_are_spread_over_the_serving_processes(tmp_path):
                 break
         assert d.stop() == 0
         assert access_pids(d) <= set(pids) and len(access_pids(d)) >= 2, d.stderr_lines()[-5:]
+        for line in d.stderr_lines():  # several processes, one stderr: whole lines, never interleaved
+            json.loads(line)
 
 
 def test_sigterm_drains_every_process_and_exits_0(tmp_path):

@@ -266,6 +266,18 @@ class LazyLogger:
     critical = _lazy_method("critical")
 
 
+def json_line_writer(level: int) -> Callable[[str], None] | None:
+    """Where a hot path writes JSON lines it rendered itself (the daemon's access log), or None.
+
+    None unless logs are JSON lines and ``level`` passes the threshold (the caller then logs through
+    structlog, which renders or drops the event). The callable writes its text (whole lines joined
+    by newlines, no trailing one) with one write under the sink's lock, as structlog's lines are.
+    """
+    if _sink is None or _fmt != "json" or level < _level:
+        return None
+    return _sink.write_line
+
+
 def get_logger(name: str) -> LazyLogger:
     """A logger named ``name`` that does not import structlog until it emits (see :class:`LazyLogger`)."""
     return LazyLogger(name)
