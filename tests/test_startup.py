@@ -26,6 +26,13 @@ def imported(*args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     return r, names
 
 
+def imported_by_interpreter() -> set[str]:
+    """The top-level packages ``python -c pass`` imports here (site, .pth files)."""
+    r = subprocess.run([sys.executable, "-X", "importtime", "-c", "pass"], capture_output=True, text=True,
+                       timeout=60, check=True, env=tvixd_env())  # fmt: skip
+    return {ln.rsplit("|", 1)[1].strip().split(".")[0] for ln in r.stderr.splitlines() if ln.startswith("import time:")}
+
+
 def store_flags(state: Path) -> list[str]:
     db = f"sqlite://{state / 'store.sqlite'}"
     return ["--blob-service-addr", f"fs://{state / 'blobs'}", "--directory-service-addr", db,
@@ -45,6 +52,18 @@ def test_one_file_import_into_a_fresh_store_and_path_info_import_nothing_heavy(t
     r, names = imported("path-info", *flags, store_path)
     assert r.returncode == 0 and store_path in r.stdout, r.stderr
     assert names & {*NOT_FOR_ONE_SHOT, "logging"} == set()
+
+    # Read commands write and hash nothing: no sha256, no ctypes (syncfs), no temp files or random names
+    # (beyond what this interpreter's own start-up imports: a site .pth may import some of them).
+    interpreter = imported_by_interpreter()
+    for command in ("path-info", "dump-path"):
+        r, names = imported(command, *flags, store_path)
+        assert r.returncode == 0, r.stderr
+        assert (names - interpreter) & {*NOT_FOR_ONE_SHOT, *NOT_FOR_READING} == set(), command
+
+
+NOT_FOR_READING = ("logging", "hashlib", "_hashlib", "ctypes", "secrets", "random", "tempfile")
+"""What `dump-path` and `path-info` have no use for (each was ~1-3 ms of their start-up)."""
 
 
 def test_a_failing_one_shot_command_still_reports_in_one_line(tmp_path: Path):

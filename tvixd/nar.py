@@ -67,6 +67,7 @@ class _Renderer:
         self.blobs = blobs
         self.directories = directories
         self.prefetched: dict[B3Digest, Directory] = {}  # the root's closure, if complete
+        self.read_verified = blobs.read_verified
 
     def prefetch(self, node: DirectoryNode) -> None:
         """Fetch the whole closure at once (one stream for gRPC, one query per level for SQLite).
@@ -87,15 +88,17 @@ class _Renderer:
             raise NotFound(f"directory {digest} not found (referred from entry {node.name!r})")
         return directory
 
-    def small_file(self, node: FileNode) -> bytes:
-        """The whole, verified contents of a file of at most SMALL_FILE bytes."""
-        digest = _digest(node, "file")
+    def small_file(self, node: FileNode, size: int) -> bytes:
+        """The whole, verified contents of a file of at most SMALL_FILE bytes (per-file hot path: no B3Digest built)."""
+        digest = node.digest
+        if len(digest) != DIGEST_LEN:
+            _digest(node, "file")  # raises InvalidRequest naming the entry
         try:
-            data = self.blobs.read_verified(digest, node.size)
+            data = self.read_verified(digest, size)
         except DataLoss as e:
             raise DataLoss(f"entry {node.name!r}: {e}") from e
         if data is None:
-            raise NotFound(f"blob {digest} not found (referred from entry {node.name!r})")
+            raise NotFound(f"blob {B3Digest(digest)} not found (referred from entry {node.name!r})")
         return data
 
     def file(self, node: FileNode) -> None:
@@ -159,36 +162,41 @@ class _Renderer:
             return
         if isinstance(root, FileNode):
             if root.size <= SMALL_FILE:
-                w.file(root.size, root.executable, [self.small_file(root)])
+                w.file(root.size, root.executable, [self.small_file(root, root.size)])
             else:
                 self.file(root)
             return
         self.prefetch(root)
         directory = self.directory(root)
         w.directory_start()
-        # One iterator over the children per open directory, innermost last.
+        entry_file, small_file = w.entry_file, self.small_file
+        # One iterator over the children per open directory, innermost last; the inner loop runs
+        # through one directory's files and symlinks until it meets a subdirectory.
         stack: list[Iterator[AnyNode]] = [directory_nodes(directory)]
         while stack:
-            child = next(stack[-1], None)
-            if child is None:
+            for child in stack[-1]:
+                kind = type(child)
+                if kind is FileNode:
+                    size = child.size
+                    if size <= SMALL_FILE:
+                        entry_file(child.name, small_file(child, size), child.executable)
+                    else:
+                        w.entry_start(child.name)
+                        self.file(child)
+                        w.entry_end()
+                elif kind is SymlinkNode:
+                    w.entry_symlink(child.name, child.target)
+                else:
+                    w.entry_start(child.name)
+                    directory = self.directory(child)
+                    w.directory_start()
+                    stack.append(directory_nodes(directory))
+                    break
+            else:
                 stack.pop()
                 w.directory_end()
                 if stack:
                     w.entry_end()
-            elif isinstance(child, FileNode):
-                if child.size <= SMALL_FILE:
-                    w.entry_file(child.name, self.small_file(child), child.executable)
-                else:
-                    w.entry_start(child.name)
-                    self.file(child)
-                    w.entry_end()
-            elif isinstance(child, SymlinkNode):
-                w.entry_symlink(child.name, child.target)
-            else:
-                w.entry_start(child.name)
-                directory = self.directory(child)
-                w.directory_start()
-                stack.append(directory_nodes(directory))
         w.flush()
 
 

@@ -28,7 +28,6 @@ import contextlib
 import os
 import shutil
 import sqlite3
-import tempfile
 import threading
 import weakref
 from collections.abc import Iterator
@@ -87,6 +86,8 @@ class SqliteDatabase:
     def __init__(self, path: str | None, busy_timeout: float = BUSY_TIMEOUT) -> None:
         self._tmp_dir: str | None = None
         if path is None:
+            import tempfile  # only for sqlite:// (a throw-away database): not at every command's start-up
+
             self._tmp_dir = tempfile.mkdtemp(prefix="tvixd-sqlite-")
             path = os.path.join(self._tmp_dir, "store.sqlite")
             weakref.finalize(self, shutil.rmtree, self._tmp_dir, True)

@@ -25,7 +25,6 @@ same checks): the renderer's per-entry fast path, ~2.4 µs instead of ~6 µs per
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable
 
 from tvixd.errors import DataLoss, InvalidRequest, StorageError
@@ -291,6 +290,8 @@ class NarHashSink:
     __slots__ = ("_hash", "size")
 
     def __init__(self) -> None:
+        import hashlib  # here: `dump-path` never hashes a NAR, and _hashlib costs ~3 ms of its start-up
+
         self.size = 0
         self._hash = hashlib.sha256()
 

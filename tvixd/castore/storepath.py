@@ -10,7 +10,6 @@ sha256-hashed and XOR-folded to 20 bytes, exactly as Nix's ``makeStorePath``.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Iterable
@@ -19,6 +18,13 @@ from typing import Literal
 
 from tvixd.castore import nixbase32
 from tvixd.errors import InvalidRequest
+
+
+def _sha256(data: bytes) -> bytes:
+    """sha256 of ``data``; hashlib is imported on first use: reading store paths never hashes (start-up time)."""
+    import hashlib
+
+    return hashlib.sha256(data).digest()
 
 STORE_DIR = "/nix/store"
 STORE_DIR_WITH_SLASH = STORE_DIR + "/"
@@ -199,7 +205,7 @@ def build_store_path_from_fingerprint(path_type: str, inner_sha256: bytes, name:
     if len(inner_sha256) != 32:
         raise InvalidRequest(f"sha256 digest must be 32 bytes, got {len(inner_sha256)}")
     fingerprint = f"{path_type}:sha256:{inner_sha256.hex()}:{STORE_DIR}:{valid_name}"
-    return StorePath._trusted(compress_hash(hashlib.sha256(fingerprint.encode()).digest()), valid_name)
+    return StorePath._trusted(compress_hash(_sha256(fingerprint.encode())), valid_name)
 
 
 def _make_type(base: str, references: Iterable[str | StorePath], self_reference: bool) -> str:
@@ -233,13 +239,13 @@ def build_ca_path(
     if refs or self_reference:
         raise InvalidRequest(f"store path {name!r}: only recursive sha256 content addresses may have references")
     inner = f"fixed:out:{'r:' if recursive else ''}{algo}:{digest.hex()}:".encode()
-    return build_store_path_from_fingerprint("output:out", hashlib.sha256(inner).digest(), name)
+    return build_store_path_from_fingerprint("output:out", _sha256(inner), name)
 
 
 def build_text_path(name: str | bytes, content: bytes, references: Iterable[str | StorePath] = ()) -> StorePath:
     """The store path of a text file (``builtins.toFile``): type ``text[:refs]``, sha256 of the content."""
     return build_store_path_from_fingerprint(
-        _make_type("text", references, False), hashlib.sha256(content).digest(), name
+        _make_type("text", references, False), _sha256(content), name
     )
 
 
