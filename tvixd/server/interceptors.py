@@ -10,15 +10,15 @@ The request id is the client's ``x-request-id`` metadata when present (so a prox
 else 128 fresh random bits as 32 hex digits (the form of a uuid4's hex, at a third of its cost); it is
 bound into structlog's context while the servicer runs, so every log line the call causes carries it.
 
-The status, duration and metrics are settled when the servicer is done, as before; the access-log
-line is due once the call has also ended on the wire (grpcio's termination callback), so rendering
-it is not part of the latency the client sees: for a unary call it used to run between serializing
-the response and sending it (measured ~100 µs of a ~0.7 ms Stat on the benchmark machine). The line
-is then rendered and written by one log thread (:class:`AccessLogWriter`), not in the callback:
-termination callbacks run on grpcio's single polling thread, which handles every call's events,
-and rendering there took 21% of the daemon's GIL time during an import through the daemon (py-spy
-``--gil``), stalling all calls. grpcio runs every call's termination callbacks before the server
-stops serving, and ``close()`` drains the queue after that, so each call still gets exactly one line.
+The status, duration and metrics are settled when the servicer is done (for a unary response: when
+it is serialized), and the call's record is then queued for the access log, exactly once. The line
+is rendered and written later by one log thread (:class:`AccessLogWriter`), so rendering is not part
+of the latency the client sees (it used to run between serializing a response and sending it:
+~100 µs of a ~0.7 ms Stat), nor of grpcio's single polling thread, which handles every call's events
+(rendering in a termination callback there took 21% of the daemon's GIL time during an import
+through the daemon). No termination callback is registered at all any more: it cost a lock and a
+callback on that polling thread per call, and bought nothing once lines were written elsewhere.
+Servicers finish before the server's stop completes, and ``close()`` drains the queue after that.
 """
 
 from __future__ import annotations
@@ -39,15 +39,12 @@ _access = structlog.get_logger("tvixd.access")
 # Codes that mean a bug or corruption on our side: logged at error level, the rest at info.
 _ERROR_CODES = frozenset({grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS})
 
-# Guards CallRecord.line_waits: the servicer's thread and grpcio's polling thread both count it down.
-_line_lock = threading.Lock()
-
 
 class CallRecord:
     """What one RPC did; filled in while it runs, reported once when it ends."""
 
-    __slots__ = ("bytes_in", "bytes_out", "code", "context", "done", "duration", "line_waits", "messages_in",
-                 "messages_out", "method", "peer", "request_id", "start")
+    __slots__ = ("bytes_in", "bytes_out", "code", "context", "done", "duration", "messages_in", "messages_out",
+                 "method", "peer", "request_id", "start")
 
     def __init__(self, method: str, request_id: str) -> None:
         self.method = method
@@ -59,7 +56,6 @@ class CallRecord:
         self.code = grpc.StatusCode.OK
         self.done = False
         self.context: grpc.ServicerContext | None = None
-        self.line_waits = 1  # the access line waits for the record; +1 while the call is still on the wire
 
 
 class Observer:
@@ -267,10 +263,6 @@ class ObservingInterceptor(grpc.ServerInterceptor):
         call.context = context
         call.peer = context.peer()
         structlog.contextvars.bind_contextvars(request_id=call.request_id)
-        if self.access_log:
-            call.line_waits = 2  # set first: the callback may run (on grpcio's thread) before add_callback returns
-            if not context.add_callback(lambda: self._line_ready(call)):
-                call.line_waits = 1  # the call already ended (the client left): the record alone decides
         for observer in self.observers:
             observer.started(call)
 
@@ -291,17 +283,8 @@ class ObservingInterceptor(grpc.ServerInterceptor):
             call.code = grpc.StatusCode.UNKNOWN  # what grpc answers for an exception without a code
         for observer in self.observers:
             observer.finished(call)
-        if self.access_log:
-            self._line_ready(call)
-
-    def _line_ready(self, call: CallRecord) -> None:
-        """One of the access line's two conditions holds (record settled, call ended); queue it after both."""
-        with _line_lock:
-            call.line_waits -= 1
-            if call.line_waits:
-                return
-        assert self._lines is not None  # only called with the access log on
-        self._lines.submit(call)
+        if self._lines is not None:
+            self._lines.submit(call)
 
 
 class DaemonObservability:
