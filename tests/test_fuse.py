@@ -533,3 +533,23 @@ def test_mount_through_fusermount3(store_dir: tuple[Path, StoreAddrs, Path, str]
             assert session.ended.wait(60)
             os.close(fd)
         assert not os.path.ismount(dest)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="passthrough backing files need CAP_SYS_ADMIN")
+def test_passthrough_verifies_a_big_file_once(store_dir: tuple[Path, StoreAddrs, Path, str], tmp_path: Path) -> None:
+    """A big fs:// blob is verified at its first open and handed to the kernel; reopening it verifies nothing again."""
+    _, addrs, source, nasty = store_dir
+    with mounted(tmp_path, addrs, log_level="debug") as m:
+        assert '"passthrough": true' in m.stderr()
+        big = m.path / nasty / "big"
+        expected = (source / "big").read_bytes()
+        with open(big, "rb") as a, open(big, "rb") as b:  # two open files of one inode share the backing file
+            assert a.read() == expected and b.read(4096) == expected[:4096]
+        fd = os.open(big, os.O_RDONLY)
+        try:
+            assert os.pread(fd, 100, len(expected) - 50) == expected[-50:]
+            assert os.pread(fd, 10, 12345) == expected[12345:12355]
+        finally:
+            os.close(fd)
+        assert m.stop() == 0
+        assert m.stderr().count('"blob verified for passthrough"') == 1

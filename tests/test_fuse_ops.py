@@ -211,3 +211,32 @@ def test_protocol_answers_everything_without_crashing(wire: Wire) -> None:
     assert wire.call(kernel.GETXATTR, ino, struct.pack("<II", 100, 0) + b"user.x\0")[0] == errno.ENODATA
     assert wire.call(kernel.LISTXATTR, ino, struct.pack("<II", 0, 0)) == (0, struct.pack("<II", 0, 0))
     assert wire.call(kernel.LOOKUP, ROOT_INO, FILE_A.encode() + b"\0")[0] == 0
+
+
+def test_a_blocked_request_does_not_stall_the_others() -> None:
+    """A request that blocks (a slow store) holds one request thread; the others keep answering."""
+    import threading
+
+    release = threading.Event()
+
+    def slow(nodeid: int, req: bytes) -> bytes:
+        assert release.wait(60)
+        return b"slow"
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    theirs.settimeout(60)
+    session = kernel.Session(ours.fileno(), {kernel.READLINK: slow, kernel.STATFS: lambda n, r: b"fast"}, threads=2)
+    session.start()
+    try:
+        w = Wire(theirs)
+        slow_unique = w.send(kernel.READLINK, 5)
+        for _ in range(3):
+            assert w.call(kernel.STATFS) == (0, b"fast")
+        release.set()
+        reply = theirs.recv(1 << 16)
+        assert kernel.OUT_HEADER.unpack_from(reply)[2] == slow_unique and reply.endswith(b"slow")
+    finally:
+        release.set()
+        theirs.close()
+        session.join(timeout=10)
+        ours.close()

@@ -77,11 +77,17 @@ the form tvixd prints everywhere. Only present with ``--show-xattr``; symlinks a
 READ_AHEAD = 1 << 20
 """Bytes a sequential read fetches per reader call, and the size up to which an fs:// blob is read whole at open."""
 
+BACKINGS_KEPT = 64
+"""Verified passthrough backing files kept registered after their last close (least recently used go first):
+reopening a big file (an exec, a second `cat`) then needs no second whole-file verification."""
+
 ROOT_SNAPSHOTS = 16
 """Root listings kept for readdir continuations (the kernel sends no OPENDIR, so offsets name the snapshot)."""
 
 DT_DIR, DT_REG, DT_LNK = 4, 8, 10
 DTYPE = {DirectoryNode: DT_DIR, FileNode: DT_REG, SymlinkNode: DT_LNK}
+_DIRENTPLUS = struct.Struct(kernel.ENTRY_OUT.format + kernel.DIRENT.format[1:])
+"""A ``fuse_direntplus`` without its name: ``fuse_entry_out`` then ``fuse_dirent``."""
 _FILE_MODE = {False: stat.S_IFREG | 0o444, True: stat.S_IFREG | 0o555}
 
 _T = TypeVar("_T")
@@ -182,7 +188,8 @@ class _Backing:
     """The passthrough backing id of one inode, shared by its open files.
 
     The kernel keeps one backing file per inode while it is open and refuses a second, different one
-    (EBUSY), so every open of the inode gets the same id; it is closed when the last one is released.
+    (EBUSY), so every open of the inode gets the same id; after the last one is released it is kept
+    a while for reopens (see :data:`BACKINGS_KEPT`).
     """
 
     refs: int = 0
@@ -215,6 +222,7 @@ class StoreFS:
         self._roots: OrderedDict[int, list[tuple[int, AnyNode]]] = OrderedDict()
         self._root_gen = itertools.count(1)
         self._backings: dict[int, _Backing] = {}
+        self._idle_backings: OrderedDict[int, _Backing] = OrderedDict()  # refs 0, oldest first
 
     # -- attributes ----------------------------------------------------------------------------------------
 
@@ -376,16 +384,18 @@ class StoreFS:
     def _pack_listing(self, ino: int) -> list[bytes]:
         """All readdirplus records of a directory, packed once (its entries and their attributes never change).
 
-        A tree's first `find` packs one record per entry, so this loop is kept tight.
+        A tree's first `find` packs one record per entry, so this loop is kept tight: one struct pack
+        per record (``fuse_entry_out`` + ``fuse_dirent``), attributes as :meth:`_attr` gives them.
         """
         data = self._populated(self._data(ino))
         assert data.children is not None
-        entries, entry, dirent, padding = self._entries, self.entry, kernel.DIRENT.pack, kernel.PADDING
+        attr, pack, padding, datas = self._attr, _DIRENTPLUS.pack, kernel.PADDING, self.inodes.get
         out = []
         for i, (c, n) in enumerate(data.children):
             name = n.name
-            out.append((entries.get(c) or entry(c)) + dirent(c, i + 1, len(name), DTYPE[type(n)]) + name
-                       + padding[len(name) & 7])  # fmt: skip
+            c, size, blocks, mode, blksize = attr(c, datas(c))
+            out.append(pack(c, 1, TTL, TTL, 0, 0, c, size, blocks, 0, 0, 0, 0, 0, 0, mode, 1, 0, 0, 0, blksize, 0,
+                            c, i + 1, len(name), DTYPE[type(n)]) + name + padding[len(name) & 7])  # fmt: skip
         return out
 
     def _readdir_root(self, offset: int, size: int, plus: bool) -> list[bytes]:
@@ -486,6 +496,7 @@ class StoreFS:
             if backing is None:
                 backing = self._backings[ino] = _Backing()
             backing.refs += 1
+            self._idle_backings.pop(ino, None)
         try:
             with backing.lock:
                 if backing.id is None:
@@ -495,6 +506,8 @@ class StoreFS:
                         if mapping is not None:
                             mapping.close()
                         backing.id = self.session.backing_open(fd)
+                        log.debug("blob verified for passthrough", digest=str(B3Digest(data.digest)),
+                                  backing_id=backing.id)  # fmt: skip
                     except Exception as e:
                         log.error("reading blob failed", digest=str(B3Digest(data.digest)), error=str(e))
                         raise FuseError(errno.EIO) from None
@@ -506,6 +519,8 @@ class StoreFS:
             raise
 
     def _backing_unref(self, ino: int) -> None:
+        """One open file of ``ino`` fewer; an unused backing id is kept (up to :data:`BACKINGS_KEPT`) for reopens."""
+        evicted = []
         with self._lock:
             backing = self._backings.get(ino)
             if backing is None:
@@ -513,9 +528,17 @@ class StoreFS:
             backing.refs -= 1
             if backing.refs > 0:
                 return
-            del self._backings[ino]
-        if backing.id is not None and self.session is not None:
-            self.session.backing_close(backing.id)
+            if backing.id is None:  # never registered (the verification failed)
+                del self._backings[ino]
+                return
+            self._idle_backings[ino] = backing
+            while len(self._idle_backings) > BACKINGS_KEPT:
+                old_ino, old = self._idle_backings.popitem(last=False)
+                del self._backings[old_ino]
+                evicted.append(old.id)
+        if self.session is not None:
+            for backing_id in evicted:
+                self.session.backing_close(backing_id)
 
     def _open_blob(self, digest: bytes) -> BlobReader:
         return _from_store(self.store.blob.open_read, digest, digest=digest,
