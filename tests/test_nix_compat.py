@@ -164,7 +164,7 @@ def test_dump_big_file_matches_nix_to_pipe_and_file(tmp_path):
     assert out.read_bytes() == expected
 
 
-def test_dump_corrupt_big_blob_is_one_line_error_and_writes_none_of_it(tmp_path):
+def test_dump_and_cat_corrupt_big_blob_is_one_line_error_and_writes_none_of_it(tmp_path):
     """A big blob corrupted on disk: exit 1, one line naming the entry's blob, and no byte of it on stdout."""
     import blake3
 
@@ -187,3 +187,7 @@ def test_dump_corrupt_big_blob_is_one_line_error_and_writes_none_of_it(tmp_path)
     assert "big.bin" in err and "corrupt" in err
     assert expected.startswith(proc.stdout)  # nothing wrong went out (here: not even the header)
     assert data[:4096] not in proc.stdout
+    # `cat` of the file: the same check before the first byte.
+    proc = run_tvixd("cat", *store_args(tmp_path), f"{store_path}/big.bin")
+    assert proc.returncode == 1 and proc.stdout == b""
+    assert proc.stderr.decode().count("\n") == 1 and "corrupt" in proc.stderr.decode()

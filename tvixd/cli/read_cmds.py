@@ -18,6 +18,7 @@ from tvixd.store import StoreAddrs
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from tvixd.blobservice.base import BlobReader, VerifiedBlob
     from tvixd.castore.directory import AnyNode
     from tvixd.proto.pathinfo_pb2 import PathInfo
     from tvixd.store import Store
@@ -349,13 +350,24 @@ def run_cat(args: argparse.Namespace) -> int:
         node = _resolve_existing(store, args.path)
         if not isinstance(node, FileNode):
             raise InvalidRequest(f"path '{args.path}' is not a regular file")
-        reader = store.blob.open_read(node.digest)
-        if reader is None:
-            raise NotFound(f"blob {B3Digest(node.digest)} of '{args.path}' is missing from the store")
+        missing = f"blob {B3Digest(node.digest)} of '{args.path}' is missing from the store"
+        try:
+            # fs://: the whole blob is verified before its first byte is written, then written from its mappings.
+            blob = store.blob.open_verified(node.digest, node.size)
+        except NotImplementedError:  # a remote store: its reader verifies as it streams (the last chunk last)
+            reader = store.blob.open_read(node.digest)
+            if reader is None:
+                raise NotFound(missing) from None
+            chunks: Iterator[bytes | memoryview] = iter(lambda: reader.read(OUT_BUFFER), b"")
+            closing: VerifiedBlob | BlobReader = reader
+        else:
+            if blob is None:
+                raise NotFound(missing)
+            chunks, closing = blob.windows(), blob
         out = _stdout()
         try:
-            with reader:
-                while chunk := reader.read(OUT_BUFFER):
+            with closing:
+                for chunk in chunks:
                     out.write(chunk)  # type: ignore[attr-defined]
             out.flush()  # type: ignore[attr-defined]
         except BrokenPipeError:
