@@ -1,4 +1,8 @@
-"""Which Python FUSE binding reads fastest? (How tvixd's FUSE library was chosen; see BENCHMARKS.md.)
+"""Which Python FUSE binding reads fastest? (How tvixd's FUSE library was first chosen; see BENCHMARKS.md.)
+
+Historical: tvixd now speaks the FUSE kernel protocol itself (tvixd/fuse/kernel.py), for passthrough
+and FUSE_NO_OPENDIR_SUPPORT, which no binding here exposes; pyfuse3, trio and mfusepy are no longer
+tvixd dependencies, so install them to run this.
 
 Each binding serves one file, backed by a real file read with ``os.pread`` (what a blob read costs at
 least), and ``cat`` reads it through a fresh mount (cold kernel page cache) into /dev/null.

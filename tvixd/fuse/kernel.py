@@ -140,6 +140,8 @@ def mount(dest: str, *, allow_other: bool) -> int:
     if libc.mount(b"tvixd", os.fsencode(dest), b"fuse.tvixd", MS_RDONLY | MS_NOSUID | MS_NODEV, data.encode()) != 0:
         e = ctypes.get_errno()
         os.close(fd)
+        if e == errno.EPERM:  # root without CAP_SYS_ADMIN (a container): fusermount3 may still be allowed
+            return mount_with_fusermount(dest, allow_other=allow_other)
         raise MountFailed(f"mount(2) failed: {os.strerror(e)}")
     return fd
 
