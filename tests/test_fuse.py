@@ -518,7 +518,7 @@ def test_mount_through_fusermount3(store_dir: tuple[Path, StoreAddrs, Path, str]
     with Store.open(addrs) as store:
         fd = kernel.mount_with_fusermount(str(dest), allow_other=False)
         fs = StoreFS(store)
-        session = kernel.Session(fd, fs.handlers(), threads=2)
+        session = kernel.Session(fd, fs.handlers(), threads=2, may_block=fs.may_block)
         fs.session = session
         session.start()
         try:

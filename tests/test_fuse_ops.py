@@ -163,7 +163,8 @@ class Wire:
 def wire(store: Store) -> Iterator[Wire]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     theirs.settimeout(60)
-    session = kernel.Session(ours.fileno(), StoreFS(store).handlers(), threads=2)
+    fs = StoreFS(store)
+    session = kernel.Session(ours.fileno(), fs.handlers(), threads=2, may_block=fs.may_block)
     session.start()
     w = Wire(theirs)
     flags = kernel.DO_READDIRPLUS | kernel.NO_OPENDIR_SUPPORT | kernel.INIT_EXT | kernel.ASYNC_READ
@@ -225,7 +226,8 @@ def test_a_blocked_request_does_not_stall_the_others() -> None:
 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     theirs.settimeout(60)
-    session = kernel.Session(ours.fileno(), {kernel.READLINK: slow, kernel.STATFS: lambda n, r: b"fast"}, threads=2)
+    handlers = {kernel.READLINK: slow, kernel.STATFS: lambda n, r: b"fast"}
+    session = kernel.Session(ours.fileno(), handlers, threads=2, may_block=lambda op, n, r: op == kernel.READLINK)
     session.start()
     try:
         w = Wire(theirs)

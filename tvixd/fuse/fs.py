@@ -662,6 +662,35 @@ class StoreFS:
 
     # -- the kernel protocol ----------------------------------------------------------------------------------
 
+    def may_block(self, opcode: int, nodeid: int, req: bytes) -> bool:
+        """Whether answering ``req`` may wait for the store or the disk: then a worker thread answers it.
+
+        A hint (a wrong "no" only delays other requests): fetches of unknown store paths and sparse
+        directories, root listings, opens (blob reads, verification) and reads not yet in memory.
+        """
+        if opcode == kernel.LOOKUP:
+            if nodeid == ROOT_INO:
+                return self.inodes.store_path(req[kernel.IN_HEADER_SIZE : -1]) is None
+            data = self.inodes.get(nodeid)
+            return isinstance(data, DirectoryData) and not data.populated
+        if opcode == kernel.READDIRPLUS or opcode == kernel.READDIR:
+            if nodeid == ROOT_INO:
+                return True
+            data = self.inodes.get(nodeid)
+            return isinstance(data, DirectoryData) and not data.populated
+        if opcode == kernel.OPEN:
+            return True
+        if opcode == kernel.READ or opcode == kernel.RELEASE:
+            handle = self._files.get(struct.unpack_from("<Q", req, kernel.IN_HEADER_SIZE)[0])
+            if isinstance(handle, _LocalBlob):
+                return not handle.verified
+            if isinstance(handle, _FileHandle):
+                if opcode == kernel.RELEASE:
+                    return handle.reader is not None
+                _, off, size, _ = kernel.READ_IN.unpack_from(req, kernel.IN_HEADER_SIZE)
+                return handle.cached(off, size) is None
+        return False
+
     def handlers(self) -> dict[int, kernel.Handler]:
         """Opcode -> handler of ``(nodeid, request)``: unpack the arguments, call the method, pack the reply.
 

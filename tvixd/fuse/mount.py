@@ -49,7 +49,7 @@ def check_mountpoint(dest: Path) -> None:
 
 
 THREADS = 8
-"""Request threads: a request that blocks (a store fetch, a blob verification at open) holds only its own."""
+"""Worker threads: a request that may block (a store fetch, a blob verification at open) holds one of them."""
 
 STOP_POLL = 0.2
 """Seconds between looks at the signal flag while serving."""
@@ -107,7 +107,7 @@ def serve(
         fd = kernel.mount(str(dest), allow_other=allow_other)
     except (kernel.MountFailed, OSError) as e:
         raise MountError(f"mounting at {dest} failed ({e}); is /dev/fuse usable and fusermount3 installed?") from None
-    session = kernel.Session(fd, ops.handlers(), threads=threads)
+    session = kernel.Session(fd, ops.handlers(), threads=threads, may_block=ops.may_block)
     ops.session = session
     try:
         session.start()
