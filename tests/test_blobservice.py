@@ -328,18 +328,23 @@ def test_fs_corrupt_small_blob(fs_service, tmp_path):
         fs_service.open_read(BLOB_A_DIGEST).read(1024)
 
 
+@pytest.mark.parametrize("method", ["read_verified", "open_verified"])
 @pytest.mark.parametrize(("data", "digest"), [(BLOB_A, BLOB_A_DIGEST), (BLOB_B, BLOB_B_DIGEST)], ids=["small", "big"])
-def test_fs_read_verified_corrupt_or_truncated(fs_service, tmp_path, data, digest):
-    """Same-size corruption and truncation are both DataLoss naming the blob: no bytes come back."""
+def test_fs_verified_reads_corrupt_wrong_size_or_truncated(fs_service, tmp_path, small_windows, method, data, digest):
+    """Another size, same-size corruption (in the last window) and truncation are all DataLoss naming the blob,
+    raised before any byte is handed out."""
+    read = getattr(fs_service, method)
     put(fs_service, data)
+    with pytest.raises(DataLoss, match=re.escape(str(digest)) + f".*{len(data)} bytes, not the {len(data) + 1}"):
+        read(digest, len(data) + 1)
     _flip_last_byte(tmp_path, digest)
     with pytest.raises(DataLoss, match=re.escape(str(digest)) + ".*corrupt"):
-        fs_service.read_verified(digest, len(data))
+        read(digest, len(data))
     h = digest.hex()
     with open(tmp_path / "blobs" / h[:2] / h[2:], "r+b") as f:
         f.truncate(len(data) // 2)
     with pytest.raises(DataLoss, match=re.escape(str(digest)) + f".*{len(data) // 2} bytes, not the {len(data)}"):
-        fs_service.read_verified(digest, len(data))
+        read(digest, len(data))
 
 
 def test_fs_truncated_blob(fs_service, tmp_path):
@@ -530,19 +535,3 @@ def test_fs_open_verified_windows(fs_service, small_windows):
     assert b"".join(windows) == data
     with pytest.raises(AlreadyClosed):
         next(blob.windows())
-
-
-def test_fs_open_verified_corrupt_wrong_size_truncated(fs_service, tmp_path, small_windows):
-    """DataLoss naming the blob before anything is handed out: corrupt in the last window, wrong size, truncated."""
-    data = os.urandom(2 * small_windows + 5)
-    digest = put(fs_service, data)
-    with pytest.raises(DataLoss, match=re.escape(str(digest)) + f".*{len(data)} bytes, not the {len(data) + 1}"):
-        fs_service.open_verified(digest, len(data) + 1)
-    _flip_last_byte(tmp_path, digest)
-    with pytest.raises(DataLoss, match=re.escape(str(digest)) + ".*corrupt"):
-        fs_service.open_verified(digest, len(data))
-    h = digest.hex()
-    with open(tmp_path / "blobs" / h[:2] / h[2:], "r+b") as f:
-        f.truncate(len(data) // 2)
-    with pytest.raises(DataLoss, match=re.escape(str(digest)) + f".*{len(data) // 2} bytes, not the {len(data)}"):
-        fs_service.open_verified(digest, len(data))

@@ -283,6 +283,16 @@ class FsBlobReader(BlobReader):
         super().close()
 
 
+def _open_blob(path: str) -> int | None:
+    """A read-only descriptor of a blob file; None if there is none, StorageError if it cannot be opened."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise _os_error(e, "open blob file", path) from e
+
+
 class FsVerifiedBlob(VerifiedBlob):
     """An open blob file handed out as read-only mappings of ``MAP_WINDOW`` bytes (see ``open_verified``).
 
@@ -725,12 +735,9 @@ class FsBlobService(BlobService):
             B3Digest(digest)  # raises InvalidRequest naming the length
         h = digest.hex()  # not B3Digest(digest).hex(): that was ~1 µs of ~20 per file of a NAR
         path = f"{self._prefix}{h[:2]}/{h[2:]}"
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+        fd = _open_blob(path)
+        if fd is None:
             return None
-        except OSError as e:
-            raise _os_error(e, "open blob file", path) from e
         try:
             data = os.read(fd, size + 1)  # a regular file reads short only at EOF
             if len(data) != size:
@@ -762,12 +769,9 @@ class FsBlobService(BlobService):
         """
         digest = B3Digest(digest)
         path = self.path_of(digest)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+        fd = _open_blob(path)
+        if fd is None:
             return None
-        except OSError as e:
-            raise _os_error(e, "open blob file", path) from e
         blob = FsVerifiedBlob(fd, size)
         try:
             try:
