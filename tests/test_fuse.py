@@ -553,3 +553,12 @@ def test_passthrough_verifies_a_big_file_once(store_dir: tuple[Path, StoreAddrs,
             os.close(fd)
         assert m.stop() == 0
         assert m.stderr().count('"blob verified for passthrough"') == 1
+
+
+def test_unmounted_from_outside(tmp_path: Path) -> None:
+    """`fusermount3 -u` by someone else ends the connection: the mount process notices and exits 0."""
+    with mounted(tmp_path, embedded_store(tmp_path / "state")) as m:
+        subprocess.run(["fusermount3", "-u", str(m.path)], check=True, timeout=60)
+        assert m.proc.wait(timeout=60) == 0, m.stderr()
+        assert '"unmounted from outside"' in m.stderr() and "Traceback" not in m.stderr()
+        assert not os.path.ismount(m.path)

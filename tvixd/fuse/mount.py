@@ -113,7 +113,10 @@ def serve(
         session.start()
         # A stat through the mount returns once the kernel has finished FUSE INIT with us, which
         # clamps the read-ahead; only then can it be widened, and only then are we really ready.
-        st = os.stat(dest)
+        try:
+            st = os.stat(dest)
+        except OSError as e:  # e.g. unmounted from outside before INIT finished
+            raise MountError(f"{dest}: the new mount is not usable ({e.strerror})") from None
         set_kernel_read_ahead(st.st_dev)
         log.info("mounted", dest=str(dest), list_root=list_root, show_xattr=show_xattr,
                  passthrough=session.passthrough)  # fmt: skip
