@@ -383,8 +383,8 @@ def stat_bench(target: str, digest: bytes, clients: int, seconds: float,
 
 STAT = "/tvix.store.v1.BlobService/Stat"
 
-RECOMMENDED_PROCESSES = (os.cpu_count() or 1) + 1
-"""``tvixd daemon --processes`` for the h2load Stat rows: README's recommendation (CPUs + 1)."""
+RECOMMENDED_PROCESSES = 2 * (os.cpu_count() or 1)
+"""``tvixd daemon --processes`` for the h2load Stat rows: README's recommendation (twice the CPUs)."""
 
 
 def stat_body(digest: bytes) -> bytes:
@@ -691,7 +691,7 @@ def main() -> None:
         "",
         ("h2load rows: the same Stat request driven by h2load (C, a few µs of CPU per call) with 8 connections, "
          f"one call in flight each, {args.stat_requests} calls; every call checked OK in the daemon's access log. "
-         f"The daemon runs with --processes {RECOMMENDED_PROCESSES} (CPUs + 1, README) against the bare "
+         f"The daemon runs with --processes {RECOMMENDED_PROCESSES} (2 x CPUs, README) against the bare "
          "server in as many processes, and with 1 process against 1." if h2 else H2LOAD_MISSING),
     ])
     print(body)

@@ -444,7 +444,7 @@ def area_grpc(cfg: Config) -> tuple[list[Row], str]:
         notes += (
             " h2load rows: the same Stat driven by h2load (C, a few µs of CPU per call; 8 connections, one call "
             f"in flight each, {5000 if cfg.quick else 20000} calls), every call checked OK in the daemon's access "
-            f"log; the daemon at its recommended --processes {g.RECOMMENDED_PROCESSES} (CPUs + 1) vs the bare "
+            f"log; the daemon at its recommended --processes {g.RECOMMENDED_PROCESSES} (2 x CPUs) vs the bare "
             "grpcio server in as many processes (SO_REUSEPORT), and 1 vs 1."
         )
     if bare8["calls_per_s"] < 3000:

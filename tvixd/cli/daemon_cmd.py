@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="serving processes sharing the TCP ports (SO_REUSEPORT; default 1). One process serves about "
         "2,000 small calls/s (one Python GIL); N > 1 needs TCP listen addresses, backends shared through "
         "files (fs://, sqlite:///file, grpc+; not memory://) and no --metrics-listen-address. "
-        "Recommended on a busy daemon: the number of CPUs + 1.",
+        "Recommended on a busy daemon: twice the number of CPUs.",
     )
     # ops: [metrics] and [limits] flags (tvixd.config resolves flag > env > file > default).
     p.add_argument("--metrics-listen-address", metavar="HOST:PORT", default=None,
