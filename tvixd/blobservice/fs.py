@@ -760,8 +760,8 @@ class FsBlobService(BlobService):
         """The blob file, hashed whole over read-only mappings on all cores before it is returned.
 
         Why (a NAR of one 1 GiB file): blake3 with threads over a mapping is ~1.5x one
-        thread, and the caller then writes the verified mappings out with no copy through
-        Python (to /dev/null or a socket, the pages are not even touched twice). Between
+        thread on 2 free cores, and the caller then writes the verified mappings out with
+        no copy through Python (to /dev/null the pages are not even touched again). Between
         the hash and the write the bytes come from the same open file again, as a FUSE
         read does: blob files are immutable (mode 0444, replaced only by rename, which
         does not affect an open file), so what was hashed is what is sent. Memory stays
