@@ -138,6 +138,17 @@ def start_daemon(tmp_path: Path, *extra_args: str, env: dict[str, str] | None = 
         reader.join(timeout=10)
 
 
+def make_tls_cert(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost / 127.0.0.1 and its key (PEM files in ``directory``)."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
 def short_socket_dir(stack: ExitStack) -> Path:
     """A fresh directory with a short path (Unix socket paths are limited to 107 bytes)."""
     path = Path(tempfile.mkdtemp(prefix="tvixd-", dir="/tmp"))

@@ -20,7 +20,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import REPO_ROOT, run_tvixd, tvixd_env
-from tests.daemon import short_socket_dir, start_daemon
+from tests.daemon import make_tls_cert, short_socket_dir, start_daemon
 from tvixd.castore.digest import B3Digest
 from tvixd.proto import rpc_blobstore_pb2_grpc, rpc_directory_pb2_grpc, rpc_pathinfo_pb2_grpc
 from tvixd.proto.castore_pb2 import Directory, DirectoryNode, FileNode, SymlinkNode
@@ -133,12 +133,7 @@ def test_port_in_use_is_one_line_error(tmp_path):
 
 
 def test_tls(tmp_path):
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )
+    cert, key = make_tls_cert(tmp_path)
     with start_daemon(tmp_path, "-l", "127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key), *MEMORY) as d:
         assert wait_for_log(d, "listening")["tls"] is True
         # A grpc+https client trusting our CA (grpcio reads the roots from this variable at start-up).

@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 
 import grpc
 import pytest
 
 from tests.conftest import run_tvixd, tvixd_env
-from tests.daemon import start_daemon
+from tests.daemon import make_tls_cert, start_daemon
 from tests.test_grpc_daemon import MEMORY, health_status, wait_for_log
 from tvixd.proto import rpc_blobstore_pb2_grpc
 from tvixd.proto.rpc_blobstore_pb2 import StatBlobRequest
@@ -92,9 +91,7 @@ def test_a_killed_serving_process_is_restarted(tmp_path):
         os.kill(pids[0], signal.SIGKILL)
         died = wait_for_log(d, "serving process exited unexpectedly; restarting it")
         assert died["pid"] == pids[0] and died["status"] == "signal SIGKILL" and died["level"] == "warning"
-        restarted = [e for e in d.events() if e.get("event") == "serving process listening"]
-        while len(restarted) < 3:  # the first two, then the replacement
-            restarted = [e for e in wait_for_log_all(d, "serving process listening", 3)]
+        wait_for_log_all(d, "serving process listening", 3)  # the first two, then the replacement
         digest = put_blob(d.addr, b"after the restart")
         for _ in range(50):
             stat_on_fresh_connection(d.target, digest)
@@ -174,12 +171,7 @@ def test_processes_from_config_file_and_env(tmp_path):
 
 
 def test_tls_in_every_serving_process(tmp_path):
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )
+    cert, key = make_tls_cert(tmp_path)
     with start_daemon(tmp_path, "--processes", "2", "--tls-cert", str(cert), "--tls-key", str(key)) as d:
         assert wait_for_log(d, "listening")["tls"] is True
         creds = grpc.ssl_channel_credentials(cert.read_bytes())
