@@ -29,6 +29,7 @@ import os
 import shutil
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 
@@ -125,7 +126,7 @@ class SqliteDatabase:
         # so close() can close every thread's connection; each is used by its own thread alone.
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            self._enable_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.Error:
             conn.close()
@@ -134,6 +135,26 @@ class SqliteDatabase:
         with self._lock:
             self._connections.append(conn)
         return conn
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch the file to WAL mode (persistent: a no-op once any connection did it).
+
+        SQLite answers a journal-mode change that meets another connection's lock with "database is
+        locked" at once, without its busy handler: several processes opening a fresh file together
+        (``tvixd import`` twice, a daemon's serving processes) would fail. So this waits, like every
+        other lock does, up to ``busy_timeout``.
+        """
+        deadline = time.monotonic() + self.busy_timeout
+        delay = 0.001
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     @contextlib.contextmanager
     def transaction(self, what: str) -> Iterator[sqlite3.Connection]:
