@@ -312,6 +312,12 @@ class FsVerifiedBlob(VerifiedBlob):
             length = min(MAP_WINDOW, self.size - offset)
             yield memoryview(mmap.mmap(fd, length, offset=offset, prot=mmap.PROT_READ))
 
+    def fileno(self) -> int:
+        """The open, verified blob file (valid until :meth:`close`): FUSE hands it to the kernel for passthrough."""
+        if self._fd is None:
+            raise AlreadyClosed("verified blob already closed")
+        return self._fd
+
     def close(self) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:

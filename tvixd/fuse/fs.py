@@ -17,9 +17,11 @@ Reads (Part A §7: never serve bytes not verified against the digest):
 - a small blob (at most :data:`READ_AHEAD`) of the local fs:// store is read whole
   and verified at open (``FsBlobService.read_verified``) and served from memory;
 - a bigger one, when the kernel granted FUSE passthrough: verified whole at open
-  (blake3 over an mmap, all cores), then registered as the open file's backing
+  (``FsBlobService.open_verified``: blake3 on all cores over windows mapped one at
+  a time, so RSS stays flat), then registered as the open file's backing
   file, so the kernel reads the blob file itself and no read comes to tvixd;
-- otherwise verified whole on the first read and served from an mmap (:class:`_LocalBlob`);
+- otherwise verified whole (``open_verified``) on the first read and served from an mmap
+  (:class:`_LocalBlob`);
 - other backends (gRPC, memory) stream through their ``BlobReader``, which verifies sequential reads.
 
 Errors: missing or unreadable content behind a PathInfo gives EIO on that file
@@ -41,7 +43,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import blake3
 import structlog
 
 from tvixd.blobservice.base import BlobReader
@@ -113,22 +114,6 @@ def _from_store(fn: Callable[..., _T | None], *args: Any, digest: bytes, failed:
         log.error(missing, digest=str(B3Digest(digest)))
         raise FuseError(errno.EIO)
     return result
-
-
-def _verify_fd(fd: int, size: int, digest: bytes) -> mmap.mmap | None:
-    """Map the blob file ``fd`` and check it hashes to ``digest`` (DataLoss otherwise); the mapping (None if empty).
-
-    Whole-file blake3 on all cores (blake3 releases the GIL): 0.12-0.15 s per 512 MiB here.
-    """
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    mapping = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else None
-    if mapping is not None:
-        hasher.update(mapping)
-    if hasher.digest() != digest:
-        if mapping is not None:
-            mapping.close()
-        raise DataLoss(f"blob {B3Digest(digest)} is corrupt on disk: its bytes no longer hash to it")
-    return mapping
 
 
 @dataclass
@@ -500,19 +485,18 @@ class StoreFS:
         try:
             with backing.lock:
                 if backing.id is None:
-                    fd = self._open_blob_file(blobs, data)
+                    digest = B3Digest(data.digest)
+                    blob = _from_store(blobs.open_verified, digest, data.size, digest=digest,
+                                       failed="reading blob failed", missing="blob missing from the store")
                     try:
-                        mapping = _verify_fd(fd, data.size, data.digest)
-                        if mapping is not None:
-                            mapping.close()
-                        backing.id = self.session.backing_open(fd)
-                        log.debug("blob verified for passthrough", digest=str(B3Digest(data.digest)),
-                                  backing_id=backing.id)  # fmt: skip
+                        backing.id = self.session.backing_open(blob.fileno())
                     except Exception as e:
-                        log.error("reading blob failed", digest=str(B3Digest(data.digest)), error=str(e))
+                        log.error("registering the blob file for passthrough failed", digest=str(digest),
+                                  error=str(e))  # fmt: skip
                         raise FuseError(errno.EIO) from None
                     finally:
-                        os.close(fd)  # the kernel holds its own reference to the file
+                        blob.close()  # the kernel holds its own reference to the file
+                    log.debug("blob verified for passthrough", digest=str(digest), backing_id=backing.id)
                 return backing.id
         except BaseException:
             self._backing_unref(ino)
@@ -575,11 +559,14 @@ class StoreFS:
         if not handle.verified:
             with handle.lock:
                 if not handle.verified:
-                    try:
-                        handle.map = _verify_fd(handle.fd, handle.size, handle.digest)
-                    except Exception as e:
-                        log.error("reading blob failed", digest=str(B3Digest(handle.digest)), error=str(e))
-                        raise FuseError(errno.EIO) from None
+                    digest = B3Digest(handle.digest)
+                    blobs = self.store.blob
+                    assert isinstance(blobs, FsBlobService)
+                    _from_store(blobs.open_verified, digest, handle.size, digest=digest,
+                                failed="reading blob failed", missing="blob missing from the store").close()
+                    # Served from a mapping of the file opened at open(): blob files are immutable, so
+                    # it holds the bytes just verified.
+                    handle.map = mmap.mmap(handle.fd, handle.size, prot=mmap.PROT_READ)
                     handle.verified = True
         assert handle.map is not None  # verified, and not empty (the caller answered reads past EOF)
         return memoryview(handle.map)[off : off + size]
