@@ -71,3 +71,46 @@ def test_a_failing_one_shot_command_still_reports_in_one_line(tmp_path: Path):
     assert r.returncode == 1
     errors = [ln for ln in r.stderr.splitlines() if not ln.startswith("import time:")]
     assert len(errors) == 1 and "missing" in errors[0], errors
+
+
+def test_command_map_matches_what_the_modules_register():
+    """COMMANDS (used to build only the parser a command needs) names every subcommand, each in its module."""
+    import argparse
+
+    from tvixd.cli import COMMANDS, build_parser
+
+    def choices(parser: argparse.ArgumentParser) -> set[str]:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        return set(sub.choices)
+
+    assert choices(build_parser()) == set(COMMANDS)
+    for command, module in COMMANDS.items():
+        assert command in choices(build_parser(module)), command
+
+
+def test_command_module_finds_the_subcommand_after_global_options():
+    from tvixd.cli import command_module
+
+    assert command_module(["path-info", "/nix/store/x"]) == "read_cmds"
+    assert command_module(["--config", "daemon", "import", "x"]) == "import_cmd"  # a file named "daemon"
+    assert command_module(["--config=f.toml", "--log-level", "debug", "daemon"]) == "daemon_cmd"
+    for argv in ([], ["--help"], ["--version"], ["dump-pth"], ["--log-level"]):
+        assert command_module(argv) is None, argv  # the full parser answers these
+
+
+def test_a_one_shot_command_declares_only_its_own_arguments(tmp_path: Path):
+    """`tvixd path-info` loads no other command's module; `tvixd --help` still lists every command."""
+    # (importtime does not show modules loaded through importlib.import_module: ask sys.modules.)
+    script = ("import runpy, sys\nsys.argv = ['tvixd', *sys.argv[1:]]\ntry:\n"
+              "    runpy.run_module('tvixd', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+              "print(' '.join(m for m in sys.modules if m.startswith('tvixd.cli.')), file=sys.stderr)")
+    r = subprocess.run([sys.executable, "-c", script, "path-info", *store_flags(tmp_path),
+                        "/nix/store/00000000000000000000000000000000-x"], capture_output=True, text=True,
+                       timeout=120, check=False, env=tvixd_env())  # fmt: skip
+    modules = set(r.stderr.splitlines()[-1].split())
+    assert "tvixd.cli.read_cmds" in modules, r.stderr
+    assert modules & {"tvixd.cli.daemon_cmd", "tvixd.cli.mount_cmd", "tvixd.cli.binary_cache_cmd"} == set()
+    r = subprocess.run([sys.executable, "-m", "tvixd", "--help"], capture_output=True, text=True, timeout=120,
+                       check=True, env=tvixd_env())  # fmt: skip
+    for command in ("daemon", "import", "dump-path", "path-info", "ls", "cat", "mount", "binary-cache", "config"):
+        assert command in r.stdout
