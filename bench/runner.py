@@ -351,6 +351,21 @@ def area_import(cfg: Config) -> tuple[list[Row], str]:
     return rows, notes
 
 
+def durable_write_mibs(size: int, block: bytes) -> float:
+    """MiB/s of writing ``size`` bytes to a new file in the temp directory (where the daemon's store is) and
+    fsyncing it: a Put is acknowledged only once its blob is durable, so this bounds Put from above."""
+    fd, path = tempfile.mkstemp(prefix="bench-disk-")
+    try:
+        start = time.perf_counter()
+        for _ in range(size // len(block)):
+            os.write(fd, block)
+        os.fsync(fd)
+        return size / (time.perf_counter() - start) / MIB
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
 def area_grpc(cfg: Config) -> tuple[list[Row], str]:
     """Blob Put/Read through a real daemon vs bare grpcio and blake3; Stat latency; import via the daemon."""
     import blake3
@@ -373,6 +388,7 @@ def area_grpc(cfg: Config) -> tuple[list[Row], str]:
             h.update(block)
         hashing.append(size / (time.perf_counter() - t) / MIB)
     b3 = statistics.median(hashing)
+    disk = statistics.median(durable_write_mibs(size, block) for _ in range(runs))
     with g.Daemon() as srv:
         puts, reads = [], []
         for _ in range(runs):
@@ -398,6 +414,8 @@ def area_grpc(cfg: Config) -> tuple[list[Row], str]:
         Row("Blob Put vs bare grpcio upload (no storage)", mibs(put), "upload " + mibs(up), put / up),
         Row("Blob Read vs bare grpcio download (no storage)", mibs(read), "download " + mibs(down), read / down),
         Row("Blob Put vs raw blake3 (1 thread)", mibs(put), "blake3 " + mibs(b3), put / b3),
+        Row("Blob Put vs raw durable disk write (write + fsync, same filesystem)", mibs(put), "disk " + mibs(disk),
+            put / disk),
         Row("Blob Read vs raw blake3 (1 thread)", mibs(read), "blake3 " + mibs(b3), read / b3),
         Row("Stat, 1 client", lat(stat1), "bare grpcio: " + lat(bare1), stat1["p50_ms"] / bare1["p50_ms"],
             "p50 < 1 ms", stat1["p50_ms"] < 1.0),
