@@ -215,7 +215,7 @@ def test_batch_past_its_descriptor_budget_uses_named_temp_files(tmp_path, monkey
 
     if not os.path.isdir("/proc/self/fd"):
         pytest.skip("no /proc: anonymous temp files cannot be linked")
-    monkeypatch.setattr(fs, "_FD_BUDGET", 3)
+    monkeypatch.setattr(fs, "_fd_budget", lambda: 3)
     service = FsBlobService(str(tmp_path / "blobs"))
     assert service._anonymous_tmp  # Linux with /proc: O_TMPFILE + linkat
     batch = service.batch()

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from tvixd.cli.common import add_store_args
+
+if TYPE_CHECKING:
+    from tvixd.config import Config
 
 _SIZE_UNITS = {"": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
                "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
@@ -75,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     return serve(args, cfg)
 
 
-def serve(args: argparse.Namespace, cfg: object, shared_addresses: list[str] | None = None,
+def serve(args: argparse.Namespace, cfg: Config, shared_addresses: list[str] | None = None,
           worker: int | None = None, on_ready: Callable[[], None] | None = None) -> int:
     """Open the store, serve, and drain on SIGTERM/SIGINT.
 
@@ -95,7 +99,7 @@ def serve(args: argparse.Namespace, cfg: object, shared_addresses: list[str] | N
     from tvixd.store import Store
 
     log = structlog.get_logger("tvixd.daemon")
-    daemon = cfg.daemon  # type: ignore[attr-defined]
+    daemon = cfg.daemon
     tls = None
     if daemon.tls_cert:
         try:
@@ -128,7 +132,7 @@ def serve(args: argparse.Namespace, cfg: object, shared_addresses: list[str] | N
             workers=daemon.workers,
             max_message_bytes=daemon.max_message_size,
             tls=tls,
-            max_concurrent_rpcs=cfg.limits.max_concurrent_rpcs,  # type: ignore[attr-defined]
+            max_concurrent_rpcs=cfg.limits.max_concurrent_rpcs,
             interceptors=observability.interceptors,
             reuse_port=shared_addresses is not None,
         )

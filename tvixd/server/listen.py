@@ -72,8 +72,6 @@ def family_available(address: str) -> bool:
     return True
 
 
-
-
 def _sockaddr(address: str) -> tuple[int, tuple]:
     """``(family, sockaddr)`` to bind for a ``host:port`` / ``[v6]:port`` BindSpec address."""
     host, _, port_s = address.rpartition(":")

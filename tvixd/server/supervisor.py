@@ -39,16 +39,21 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from tvixd import errors
+
+if TYPE_CHECKING:
+    from tvixd.config import Config
+    from tvixd.store import StoreAddrs
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 _PR_SET_PDEATHSIG = 1
 
 
-def shared_store_problem(addrs: object) -> str | None:
-    """Why ``addrs`` (a StoreAddrs) cannot be shared by several processes, or None."""
+def shared_store_problem(addrs: StoreAddrs) -> str | None:
+    """Why ``addrs`` cannot be shared by several processes, or None."""
     for service in ("blob", "directory", "path_info"):
         addr = getattr(addrs, service)
         url = urlsplit(addr)
@@ -69,7 +74,7 @@ class _Worker:
     ready: bool = False
 
 
-def _child_main(serve: Callable[..., int], args: argparse.Namespace, cfg: object, addresses: list[str],
+def _child_main(serve: Callable[..., int], args: argparse.Namespace, cfg: Config, addresses: list[str],
                 index: int, ready_w: int, parent: int) -> None:
     """Run one serving process after fork; never returns."""
     status = 1
@@ -105,18 +110,18 @@ def _child_main(serve: Callable[..., int], args: argparse.Namespace, cfg: object
             os._exit(status)
 
 
-def supervise(args: argparse.Namespace, cfg: object, addrs: object, serve: Callable[..., int]) -> int:
+def supervise(args: argparse.Namespace, cfg: Config, addrs: StoreAddrs, serve: Callable[..., int]) -> int:
     """Run ``cfg.daemon.processes`` serving processes (``serve``, see daemon_cmd) until SIGTERM/SIGINT."""
     import structlog
 
     from tvixd import sdnotify
     from tvixd.server.listen import resolve_shared
 
-    daemon = cfg.daemon  # type: ignore[attr-defined]
+    daemon = cfg.daemon
     count = daemon.processes
     if "grpc" in sys.modules:  # a bug of ours: children forked after grpc's initialisation misbehave
         raise errors.TvixError("internal error: grpc was imported before the serving processes were forked")
-    if cfg.metrics.listen_address:  # type: ignore[attr-defined]
+    if cfg.metrics.listen_address:
         raise errors.InvalidRequest(
             f"[metrics] listen_address is set but daemon.processes = {count}: each serving process would "
             "report only its own calls; serve metrics with processes = 1")
@@ -125,13 +130,12 @@ def supervise(args: argparse.Namespace, cfg: object, addrs: object, serve: Calla
         raise errors.InvalidRequest(f"daemon.processes = {count}: {problem}")
     addresses = resolve_shared(list(daemon.listen_address))
     if not any(getattr(addrs, s).startswith("grpc+") for s in ("blob", "directory", "path_info")):
-        # Open (and create) the store once before forking: a bad address fails here in one line, and
-        # the serving processes do not race to create a fresh SQLite file (switching it to WAL while
-        # another process creates the schema fails "database is locked" without waiting).
-        # grpc+ backends are left to the serving processes: their clients would import grpc here.
+        # Open (and create) the store once before forking: a bad address fails here in one line, not
+        # once per serving process. grpc+ backends are left to the serving processes: their clients
+        # would import grpc here.
         from tvixd.store import Store
 
-        Store.open(addrs).close()  # type: ignore[arg-type]
+        Store.open(addrs).close()
     log = structlog.get_logger("tvixd.daemon")
 
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -177,9 +181,8 @@ def supervise(args: argparse.Namespace, cfg: object, addrs: object, serve: Calla
         if not announced and not stopping and len(workers) == count and all(w.ready for w in workers.values()):
             announced = True
             log.info("listening", addresses=addresses, processes=count, pids=sorted(workers),
-                     tls=daemon.tls_cert is not None, blob_service=addrs.blob,  # type: ignore[attr-defined]
-                     directory_service=addrs.directory,  # type: ignore[attr-defined]
-                     path_info_service=addrs.path_info)  # type: ignore[attr-defined]
+                     tls=daemon.tls_cert is not None, blob_service=addrs.blob, directory_service=addrs.directory,
+                     path_info_service=addrs.path_info)
             sdnotify.ready(f"listening on {', '.join(addresses)} ({count} processes)")
         if not stopping and any(s in _STOP_SIGNALS for s in signals):
             stopping = True
