@@ -55,6 +55,12 @@ def test_frozen_and_hashable() -> None:
     sp = StorePath.from_basename(NET_TOOLS)
     with pytest.raises(AttributeError):
         sp.name = "other"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        del sp.digest  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        sp.other = 1  # type: ignore[attr-defined]
+    assert (sp.digest, sp.name) == (NET_TOOLS_DIGEST, "net-tools-1.60_p20170221182432")
+    assert sp != (NET_TOOLS_DIGEST, "net-tools-1.60_p20170221182432")  # equal only to a StorePath
     assert {sp: 1}[StorePath(NET_TOOLS_DIGEST, "net-tools-1.60_p20170221182432")] == 1
 
 

@@ -103,7 +103,7 @@ def test_precedence_flag_env_file_default(spec: config.KeySpec, tmp_path: Path):
     if other:
         setattr(args, config.schema_by_dotted()[other].dest, None)
         env.clear()
-    cfg = config.load(args, environ=env, path=None) if not config.SYSTEM_CONFIG.exists() else None
+    cfg = config.load(args, environ=env, path=None) if not os.path.exists(config.SYSTEM_CONFIG) else None
     if cfg is not None:
         assert cfg.get(spec.dotted) == spec.default and cfg.source(spec.dotted) == "default"
 
@@ -130,9 +130,9 @@ def test_file_lookup_order(tmp_path: Path):
     a = write_toml(tmp_path / "a.toml", {"daemon.workers": 5})
     b = write_toml(tmp_path / "b.toml", {"daemon.workers": 6})
     cfg = config.load(argparse.Namespace(config=str(a)), environ={config.CONFIG_ENV: str(b)})
-    assert (cfg.file, cfg.file_source, cfg.daemon.workers) == (a, "--config", 5)
+    assert (cfg.file, cfg.file_source, cfg.daemon.workers) == (str(a), "--config", 5)
     cfg = config.load(argparse.Namespace(config=None), environ={config.CONFIG_ENV: str(b)})
-    assert (cfg.file, cfg.file_source, cfg.daemon.workers) == (b, "$TVIXD_CONFIG", 6)
+    assert (cfg.file, cfg.file_source, cfg.daemon.workers) == (str(b), "$TVIXD_CONFIG", 6)
 
 
 def test_one_string_or_a_list(tmp_path: Path):
@@ -145,7 +145,7 @@ def test_one_string_or_a_list(tmp_path: Path):
 def test_sample_config_documents_every_key():
     """conf/tvixd.toml loads as is, and with its commented assignments enabled covers every key."""
     sample = REPO_ROOT / "conf" / "tvixd.toml"
-    assert config.load(None, environ={}, path=sample).file == sample
+    assert config.load(None, environ={}, path=sample).file == str(sample)
     enabled: list[str] = []
     seen: set[str] = set()
     section = None
@@ -317,3 +317,16 @@ def test_listen_address_forms():
             config.parse_listen_address(bad)
     with pytest.raises(ValueError, match="unix socket is not supported"):
         config.parse_listen_address("unix:/x", unix=False)
+
+
+def test_defaults_are_fresh_per_config():
+    """Each Config gets its own sections and list defaults: changing one load's list leaves the next alone."""
+    first = config.load(None, environ={}, path=None) if not os.path.exists(config.SYSTEM_CONFIG) else None
+    if first is None:
+        pytest.skip(f"{config.SYSTEM_CONFIG} exists on this machine")
+    first.daemon.listen_address.append("127.0.0.1:1")
+    second = config.load(None, environ={}, path=None)
+    assert second.daemon.listen_address == ["localhost:8000"] and second.daemon != first.daemon
+    assert second.binary_cache.signing_key == [] and config.schema_by_dotted()["daemon.listen_address"].default == [
+        "localhost:8000"]
+    assert "listen_address=['localhost:8000']" in repr(second.daemon)

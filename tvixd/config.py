@@ -7,27 +7,28 @@ the built-in default. The file is ``--config FILE``, else ``$TVIXD_CONFIG``, els
 of the wrong type) raise :class:`ConfigError` with a one-line message naming the file, the line
 or key, and what was expected; the CLI prints it and exits non-zero.
 
-The schema is the dataclasses below: each field's annotation is its type, its default is the
-built-in default, and its metadata holds the help text, the environment variable and the
-argparse ``dest`` of the flag that overrides it. Adding a key is adding one field.
+The schema is the section classes below: each key is a class attribute made by :func:`key`
+(its built-in default, help text, environment variable and the argparse ``dest`` of the flag
+that overrides it), annotated with its type. Adding a key is adding one attribute.
 ``conf/tvixd.toml`` documents every key (a test keeps it complete).
+
+Every command loads the configuration at start-up, so this module stays cheap to import: plain
+classes rather than dataclasses (``dataclasses`` imports ``inspect``: 12-17 ms, and generating
+the classes' methods cost ~7 ms more), paths as ``str`` rather than ``pathlib`` (~5 ms).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import re
 import types
 import typing
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tvixd.errors import TvixError
 
-SYSTEM_CONFIG = Path("/etc/tvixd/tvixd.toml")
+SYSTEM_CONFIG = "/etc/tvixd/tvixd.toml"
 CONFIG_ENV = "TVIXD_CONFIG"
 
 # Sections whose flags belong to one subcommand: ``--listen-address`` of ``binary-cache`` must not
@@ -42,15 +43,42 @@ class ConfigError(TvixError):
     """The configuration is unusable; the message is one line naming the file, line or key."""
 
 
+class _Key:
+    """A key as declared in a section class (what :func:`key` returns); :func:`schema` completes it."""
+
+    __slots__ = ("check", "default", "dest", "env", "help", "one_or_many")
+
+    def __init__(self, default: Any, help: str, env: str | None, dest: str | None,
+                 check: typing.Callable[[Any], str | None] | None, one_or_many: bool) -> None:
+        self.default, self.help, self.env, self.dest = default, help, env, dest
+        self.check, self.one_or_many = check, one_or_many
+
+
 def key(default: Any, help: str, *, env: str | None = None, dest: str | None = None,
         check: typing.Callable[[Any], str | None] | None = None, one_or_many: bool = False) -> Any:
-    """A schema field: ``default``, ``help`` text, ``env`` var (default TVIXD_<SECTION>_<KEY>),
+    """A schema key: ``default``, ``help`` text, ``env`` var (default TVIXD_<SECTION>_<KEY>),
     the argparse ``dest`` of its flag (default: the key's name), a semantic ``check`` returning an
     error text or None, and ``one_or_many`` for a list that may also be written as one string."""
-    meta = {"help": help, "env": env, "dest": dest, "check": check, "one_or_many": one_or_many}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
-    return field(default=default, metadata=meta)
+    return _Key(default, help, env, dest, check, one_or_many)
+
+
+def _declared_keys(cls: type) -> dict[str, _Key]:
+    """The keys a section class declares, in declaration order."""
+    return {name: value for name, value in vars(cls).items() if isinstance(value, _Key)}
+
+
+class _Section:
+    """A section of the configuration: one attribute per key, set to its default (a fresh list for lists)."""
+
+    def __init__(self) -> None:
+        for name, k in _declared_keys(type(self)).items():
+            setattr(self, name, list(k.default) if isinstance(k.default, list) else k.default)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and vars(other) == vars(self)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
 
 
 # --- semantic checks (return an error text, or None when fine) --------------------------------
@@ -115,11 +143,10 @@ def _absolute(v: Any) -> str | None:
 # --- the schema --------------------------------------------------------------------------------
 
 
-@dataclass
-class DaemonSection:
+class DaemonSection(_Section):
     """``tvixd daemon``: where it listens and how it serves."""
 
-    listen_address: list[str] = key(  # noqa: RUF009 (key() returns a field())
+    listen_address: list[str] = key(
         ["localhost:8000"], "addresses to listen on: host:port, [ipv6]:port or unix:/path; one string or a list",
         check=_listen_check(unix=True), one_or_many=True)
     workers: int = key(32, "threads serving RPCs", check=_at_least(1))
@@ -133,8 +160,7 @@ class DaemonSection:
                                 check=_at_least(1024))
 
 
-@dataclass
-class StoreSection:
+class StoreSection(_Section):
     """The three service addresses; unset means the command's default (daemon: the embedded store
     under ``state_dir``; client commands: the daemon at grpc+http://[::1]:8000)."""
 
@@ -149,8 +175,7 @@ class StoreSection:
         "else $XDG_DATA_HOME/tvixd", env="TVIXD_STATE_DIR", check=_absolute)
 
 
-@dataclass
-class LogSection:
+class LogSection(_Section):
     """Logs: always on stderr, one event per line."""
 
     format: str = key("auto", "json, console, or auto (console on a terminal, else json)", dest="log_format",
@@ -159,16 +184,14 @@ class LogSection:
     access_log: bool = key(True, "log one line per RPC (method, peer, code, duration_ms, bytes, request_id)")
 
 
-@dataclass
-class LimitsSection:
+class LimitsSection(_Section):
     """Limits of the daemon (exceeding one is RESOURCE_EXHAUSTED naming it)."""
 
     max_concurrent_rpcs: int | None = key(None, "RPCs in flight before new ones are refused; unset = no limit",
                                           check=_at_least(1))
 
 
-@dataclass
-class MetricsSection:
+class MetricsSection(_Section):
     """The Prometheus endpoint (off unless an address is set)."""
 
     listen_address: str | None = key(None, "host:port for GET /metrics, e.g. localhost:9100; unset = off",
@@ -177,18 +200,16 @@ class MetricsSection:
                                       "walks the blob directory); 0 = on every scrape", check=_at_least(0))
 
 
-@dataclass
-class BinaryCacheSection:
+class BinaryCacheSection(_Section):
     """``tvixd binary-cache``: the store as a Nix HTTP binary cache."""
 
     listen_address: str = key("localhost:9000", "host:port to serve HTTP on", check=_listen_check(unix=False))
-    signing_key: list[str] = key(  # noqa: RUF009 (key() returns a field())
+    signing_key: list[str] = key(
         [], "secret key files (nix-store --generate-binary-cache-key format)", one_or_many=True)
     priority: int = key(50, "Priority: in /nix-cache-info (lower is preferred by Nix)", check=_at_least(0))
 
 
-@dataclass
-class MountSection:
+class MountSection(_Section):
     """``tvixd mount``: the store as a read-only FUSE filesystem."""
 
     list_root: bool = key(False, "allow listing the mount root (every store path)")
@@ -196,7 +217,7 @@ class MountSection:
     show_xattr: bool = key(False, "expose blake3 digests as extended attributes")
 
 
-SECTIONS: dict[str, type] = {
+SECTIONS: dict[str, type[_Section]] = {
     "daemon": DaemonSection,
     "store": StoreSection,
     "log": LogSection,
@@ -207,8 +228,7 @@ SECTIONS: dict[str, type] = {
 }
 
 
-@dataclass(frozen=True)
-class KeySpec:
+class KeySpec(typing.NamedTuple):
     """One key of the schema, with everything needed to resolve and document it."""
 
     section: str
@@ -236,12 +256,9 @@ def schema() -> tuple[KeySpec, ...]:
     out = []
     for section, cls in SECTIONS.items():
         hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            m = f.metadata
-            out.append(KeySpec(section, f.name, hints[f.name], default, m["help"],
-                               m["env"] or f"TVIXD_{section}_{f.name}".upper(), m["dest"] or f.name,
-                               m["check"], m["one_or_many"]))
+        for name, k in _declared_keys(cls).items():
+            out.append(KeySpec(section, name, hints[name], k.default, k.help,
+                               k.env or f"TVIXD_{section}_{name}".upper(), k.dest or name, k.check, k.one_or_many))
     return tuple(out)
 
 
@@ -250,23 +267,26 @@ def schema_by_dotted() -> dict[str, KeySpec]:
     return {s.dotted: s for s in schema()}
 
 
-@dataclass
 class Config:
     """The effective configuration: one attribute per section, plus where each value came from."""
 
-    daemon: DaemonSection = field(default_factory=DaemonSection)
-    store: StoreSection = field(default_factory=StoreSection)
-    log: LogSection = field(default_factory=LogSection)
-    limits: LimitsSection = field(default_factory=LimitsSection)
-    metrics: MetricsSection = field(default_factory=MetricsSection)
-    binary_cache: BinaryCacheSection = field(default_factory=BinaryCacheSection)
-    mount: MountSection = field(default_factory=MountSection)
-    file: Path | None = None
-    """The file that was read, or None (built-in defaults)."""
-    file_source: str = "none"
-    """How the file was chosen: ``--config``, ``$TVIXD_CONFIG``, ``system`` or ``none``."""
-    sources: dict[str, str] = field(default_factory=dict)
-    """``"section.key"`` -> ``"flag --x"``, ``"env X"``, ``"file PATH:LINE"`` or ``"default"``."""
+    daemon: DaemonSection
+    store: StoreSection
+    log: LogSection
+    limits: LimitsSection
+    metrics: MetricsSection
+    binary_cache: BinaryCacheSection
+    mount: MountSection
+
+    def __init__(self, file: str | None = None, file_source: str = "none") -> None:
+        for section, cls in SECTIONS.items():
+            setattr(self, section, cls())
+        self.file = file
+        """The file that was read, or None (built-in defaults)."""
+        self.file_source = file_source
+        """How the file was chosen: ``--config``, ``$TVIXD_CONFIG``, ``system``, ``argument`` or ``none``."""
+        self.sources: dict[str, str] = {}
+        """``"section.key"`` -> ``"flag --x"``, ``"env X"``, ``"file PATH:LINE"`` or ``"default"``."""
 
     def get(self, dotted: str) -> Any:
         """The value of ``"section.key"``."""
@@ -385,18 +405,19 @@ def _key_line(text: str, section: str | None, name: str | None) -> int | None:
     return None
 
 
-def _where(path: Path, text: str, section: str | None, name: str | None) -> str:
+def _where(path: str, text: str, section: str | None, name: str | None) -> str:
     line = _key_line(text, section, name)
     return f"{path}:{line}" if line else f"{path}"
 
 
-def read_file(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+def read_file(path: str) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Parse and type-check a config file: ``(values by section, source text by dotted key)``."""
     import difflib  # here, not at the top: start-up time of every command matters
     import tomllib
 
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as e:
         raise ConfigError(f"config file {path}: cannot read: {e.strerror or e}") from None
     try:
@@ -442,21 +463,21 @@ def read_file(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     return values, sources
 
 
-def find_file(args: Any = None, environ: typing.Mapping[str, str] | None = None) -> tuple[Path | None, str]:
+def find_file(args: Any = None, environ: typing.Mapping[str, str] | None = None) -> tuple[str | None, str]:
     """The config file to read and how it was chosen: --config, else $TVIXD_CONFIG, else the system file."""
     environ = os.environ if environ is None else environ
     explicit = getattr(args, "config", None)
     if explicit:
-        return Path(explicit), "--config"
+        return str(explicit), "--config"
     if environ.get(CONFIG_ENV):
-        return Path(environ[CONFIG_ENV]), f"${CONFIG_ENV}"
-    if SYSTEM_CONFIG.is_file():
+        return environ[CONFIG_ENV], f"${CONFIG_ENV}"
+    if os.path.isfile(SYSTEM_CONFIG):
         return SYSTEM_CONFIG, "system"
     return None, "none"
 
 
 def load(args: Any = None, environ: typing.Mapping[str, str] | None = None,
-         path: Path | None = None) -> Config:
+         path: str | os.PathLike[str] | None = None) -> Config:
     """Resolve every key: flag (from ``args``) > environment variable > file > default.
 
     ``args`` is the parsed argparse namespace (or None); flags are read from the attribute named by
@@ -465,14 +486,15 @@ def load(args: Any = None, environ: typing.Mapping[str, str] | None = None,
     """
     environ = os.environ if environ is None else environ
     if path is not None:
-        file, how = path, "argument"
+        file, how = os.fspath(path), "argument"
     else:
         file, how = find_file(args, environ)
     file_values, file_sources = read_file(file) if file is not None else ({}, {})
     command = getattr(args, "command", None)
     cfg = Config(file=file, file_source=how)
     for spec in schema():
-        value, source = spec.default, "default"
+        # A list default is copied: the schema's own object must not be shared by every Config.
+        value, source = (list(spec.default) if isinstance(spec.default, list) else spec.default), "default"
         if spec.section in file_values and spec.name in file_values[spec.section]:
             value, source = file_values[spec.section][spec.name], file_sources[spec.dotted]
         raw_env = environ.get(spec.env)

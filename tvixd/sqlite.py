@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sqlite3
 import threading
 import time
@@ -87,7 +86,8 @@ class SqliteDatabase:
     def __init__(self, path: str | None, busy_timeout: float = BUSY_TIMEOUT) -> None:
         self._tmp_dir: str | None = None
         if path is None:
-            import tempfile  # only for sqlite:// (a throw-away database): not at every command's start-up
+            import shutil  # these two only for sqlite:// (a throw-away database): not at every command's start-up
+            import tempfile
 
             self._tmp_dir = tempfile.mkdtemp(prefix="tvixd-sqlite-")
             path = os.path.join(self._tmp_dir, "store.sqlite")
@@ -200,4 +200,6 @@ class SqliteDatabase:
                 conn.close()
         self._local = threading.local()
         if self._tmp_dir is not None:
+            import shutil  # imported already: __init__ did for this database
+
             shutil.rmtree(self._tmp_dir, ignore_errors=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
 from tvixd.store import Store, StoreAddrs
 
@@ -55,7 +54,7 @@ def store_addrs(args: argparse.Namespace) -> StoreAddrs:
         from tvixd.store import default_state_dir, ensure_state_dir
 
         state = cfg.store.state_dir if cfg is not None and cfg.store.state_dir else None
-        defaults = StoreAddrs.embedded(ensure_state_dir(Path(state) if state else default_state_dir()))
+        defaults = StoreAddrs.embedded(ensure_state_dir(state or default_state_dir()))
     return StoreAddrs(**{attr: values[attr] or getattr(defaults, attr) for attr in values})
 
 

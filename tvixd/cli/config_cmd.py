@@ -27,12 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Load the configuration like every other command would, then report on it."""
     import json
-    from pathlib import Path
 
     from tvixd import config
 
     try:
-        cfg = config.load(args, path=Path(args.file) if args.file else None)
+        cfg = config.load(args, path=args.file or None)
     except config.ConfigError as e:
         print(f"tvixd config {args.config_command}: error: {e}", file=sys.stderr)
         return 1
