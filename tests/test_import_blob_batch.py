@@ -1,4 +1,8 @@
-"""The BlobBatch hook the importer writes through: visibility only at commit, abort leaves nothing."""
+"""The BlobBatch hook the importer writes through: visibility only at commit, abort leaves nothing.
+
+The ``grpc`` cases talk to a real ``tvixd daemon`` subprocess (its batch pipelines
+one-chunk uploads and checks them at commit, see ``tvixd.blobservice.grpc``).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,19 @@ import threading
 import blake3
 import pytest
 
+from tests.daemon import start_daemon
+from tvixd import errors
 from tvixd.blobservice.from_addr import from_addr
 
 
-@pytest.fixture(params=["memory", "fs"])
+@pytest.fixture(params=["memory", "fs", "grpc"])
 def blob_service(request, tmp_path):
+    if request.param == "grpc":
+        with start_daemon(tmp_path) as daemon:
+            service = from_addr(daemon.addr)
+            yield service
+            service.close()
+        return
     service = from_addr("memory://" if request.param == "memory" else f"fs://{tmp_path / 'blobs'}")
     yield service
     service.close()
@@ -77,3 +89,50 @@ def test_fs_batch_writers_from_many_threads(tmp_path):
     assert sorted(digests) == sorted(_digest(b) for b in blobs)
     assert all(service.has(d) for d in digests)
     assert os.listdir(tmp_path / "blobs" / "tmp") == []
+
+
+def _put_calls(daemon) -> int:
+    events = daemon.events()
+    return sum(1 for e in events if e.get("event") == "rpc" and e.get("method") == "/tvix.store.v1.BlobService/Put")
+
+
+def test_grpc_batch_uploads_identical_blobs_once(tmp_path):
+    """Duplicates in one batch cost no second Put; blobs of several chunks still stream (and count)."""
+    big = os.urandom(3 * (1 << 20) + 5)  # four BlobChunks: the streaming path
+    blobs = [b"same", b"other", b"same", b"", b"", big, b"same"]
+    with start_daemon(tmp_path) as daemon:
+        service = from_addr(daemon.addr)
+        batch = service.batch()
+        digests = []
+        for data in blobs:
+            w = batch.open_write()
+            w.write(data)
+            digests.append(w.close())
+        batch.commit()
+        assert digests == [_digest(b) for b in blobs]
+        for data, digest in zip(blobs, digests, strict=True):
+            reader = service.open_read(digest)
+            assert reader is not None
+            with reader:
+                assert reader.read() == data
+        service.close()
+        assert daemon.stop() == 0  # every access-log line is written by now
+        assert _put_calls(daemon) == 4  # "same", "other", the empty blob, the big one
+
+
+def test_grpc_batch_reports_a_failed_upload_at_commit(tmp_path):
+    """The daemon refuses one upload (over its message limit): commit raises its error, naming the limit."""
+    with start_daemon(tmp_path, "--max-message-size", "64KiB") as daemon:
+        service = from_addr(daemon.addr)
+        batch = service.batch()
+        small, large = b"fits", os.urandom(100_000)
+        for data in (small, large):
+            w = batch.open_write()
+            w.write(data)
+            w.close()  # returns at once: the upload's outcome is commit's
+        with pytest.raises(errors.ResourceExhausted, match="max_message_size=65536"):
+            batch.commit()
+        assert service.has(_digest(small))
+        assert not service.has(_digest(large))
+        batch.commit()  # the failure was reported once; nothing else pending
+        service.close()

@@ -3,21 +3,24 @@
 Writes stream chunks through a bounded queue into one client-streaming Put
 call, so a writer never buffers a whole blob; a blob that fits one chunk (most
 files of an import) goes as the same single message through grpcio's unary
-call path instead (see :meth:`GrpcBlobWriter.close`); reads stream forward only
-(SPEC Part B §9.3) and verify the blake3 digest as the bytes arrive.
+call path instead (see :meth:`GrpcBlobWriter.close`), and in a batch
+(:class:`GrpcBlobBatch`, the importer's) without waiting for the answer;
+reads stream forward only (SPEC Part B §9.3) and verify the blake3 digest as
+the bytes arrive.
 """
 
 from __future__ import annotations
 
 import io
 import queue
+import threading
 from collections.abc import Iterator
 
 import blake3
 import grpc
 
 from tvixd import errors
-from tvixd.blobservice.base import BlobReader, BlobService, BlobWriter, Precommit, run_precommit
+from tvixd.blobservice.base import BlobBatch, BlobReader, BlobService, BlobWriter, Precommit, run_precommit
 from tvixd.castore.digest import B3Digest
 from tvixd.proto.rpc_blobstore_pb2 import BlobMeta, PutBlobResponse, ReadBlobRequest, StatBlobRequest
 from tvixd.server.channel import SharedChannel
@@ -28,6 +31,9 @@ WRITE_CHUNK_SIZE = 1024 * 1024
 
 WRITE_QUEUE_CHUNKS = 8
 """Chunks a writer may have in flight: bounds its memory to ~8 MiB while keeping the call busy."""
+
+BATCH_INFLIGHT = 32
+"""One-chunk uploads of a :class:`GrpcBlobBatch` awaiting their answer, at most (bounds memory to ~32 MiB)."""
 
 _END = None  # queue sentinel: the writer was closed
 
@@ -113,6 +119,9 @@ class GrpcBlobService(BlobService):
 
     def open_write(self) -> BlobWriter:
         return GrpcBlobWriter(self)
+
+    def batch(self) -> BlobBatch:
+        return GrpcBlobBatch(self)
 
     def close(self) -> None:
         if self._channel is not None:
@@ -229,15 +238,17 @@ class GrpcBlobWriter(BlobWriter):
     """Streams written bytes into one Put call through a bounded queue; ``close`` returns the digest.
 
     The first chunk is held back: if ``close`` comes before a second one, the
-    blob is sent as one message in a unary-style call (:meth:`_put_single`).
-    Otherwise the streaming call starts with the second write, on a grpcio
-    thread that drains the queue. ``abort`` cancels the call, which makes the
+    blob is sent as one message in a unary-style call (:meth:`_put_single`, or
+    :meth:`GrpcBlobBatch.put_single` for a writer of a batch). Otherwise the
+    streaming call starts with the second write, on a grpcio thread that drains
+    the queue. ``abort`` cancels the call, which makes the
     server discard the upload (nothing becomes visible); an aborted writer that
     never started a call has sent nothing.
     """
 
-    def __init__(self, service: GrpcBlobService) -> None:
+    def __init__(self, service: GrpcBlobService, batch: GrpcBlobBatch | None = None) -> None:
         self._service = service
+        self._batch = batch
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=WRITE_QUEUE_CHUNKS)
         self._future: grpc.Future | None = None
         self._first: bytes | None = None  # the held-back first chunk while no call has started
@@ -319,9 +330,13 @@ class GrpcBlobWriter(BlobWriter):
             raise errors.AlreadyClosed("blob writer was aborted or previously closed with an error")
         run_precommit(precommit, self.abort)  # before the half-close that makes the server commit
         try:
-            if self._future is None and self._first is not None:
-                first, self._first = self._first, None
+            if self._future is None:
+                # One chunk, or none at all: the empty blob goes as one empty message.
+                first, self._first = self._first or b"", None
                 self._done = True
+                if self._batch is not None:
+                    self._digest = self._batch.put_single(first)
+                    return self._digest
                 response = self._put_single(first)
             else:
                 self._enqueue(_END)
@@ -348,6 +363,89 @@ class GrpcBlobWriter(BlobWriter):
         # Dropped without close(): like abort (nothing visible), and frees grpcio's thread.
         if not self._done and self._future is not None:
             self.abort()
+
+
+class GrpcBlobBatch(BlobBatch):
+    """Blob uploads that do not wait for each other: what the importer writes through.
+
+    A one-chunk blob (a file of up to 1 MiB) costs a whole round trip to the daemon,
+    and waiting for it costs the client a blocked worker thread, a completion queue
+    of its own and two thread wake-ups per Put. In a batch, :meth:`put_single`
+    hashes the chunk locally, starts its Put and returns that digest at once
+    (up to :data:`BATCH_INFLIGHT` Puts in flight, answered on grpcio's channel
+    thread); identical blobs of one batch are uploaded once. :meth:`commit` waits
+    for every upload started before it and checks that the server named each blob
+    as the client hashed it, so an upload error or a wrong digest surfaces there,
+    before the importer makes any directory visible. Blobs of several chunks are
+    streamed by their writer and closed synchronously, as without a batch.
+
+    A blob is visible on the server as soon as its Put completes, as with
+    unbatched writes: :meth:`abort` cancels the Puts still in flight (the server
+    discards those) and cannot hide completed ones (complete, verified blobs).
+    """
+
+    def __init__(self, service: GrpcBlobService) -> None:
+        super().__init__(service)
+        self._slots = threading.BoundedSemaphore(BATCH_INFLIGHT)
+        self._lock = threading.Lock()  # guards _sent and _pending together (see put_single)
+        self._sent: set[B3Digest] = set()
+        self._pending: list[tuple[B3Digest, grpc.Future]] = []
+
+    def open_write(self) -> BlobWriter:
+        return GrpcBlobWriter(self.service, self)
+
+    def put_single(self, chunk: bytes) -> B3Digest:
+        """Start the Put of a one-message blob (an encoded BlobChunk); return the digest of its data."""
+        digest = B3Digest.of(decode_blob_chunk(chunk))
+        if digest in self._sent:
+            return digest
+        self._slots.acquire()
+        try:
+            # Registered under the lock with the claim, so a commit() never sees the digest
+            # claimed (and a duplicate's close() returned) without the upload to wait for.
+            with self._lock:
+                if digest in self._sent:
+                    self._slots.release()
+                    return digest
+                future = self.service._stubs()[3].future(chunk)
+                self._sent.add(digest)
+                self._pending.append((digest, future))
+        except BaseException:
+            self._slots.release()
+            raise
+        future.add_done_callback(lambda _: self._slots.release())
+        return digest
+
+    def commit(self) -> None:
+        """Wait for the uploads started so far; raise the first failure (the server's error, or a digest mismatch)."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for i, (digest, future) in enumerate(pending):
+            try:
+                response = future.result()
+            except grpc.RpcError as e:
+                self._cancel(pending[i + 1:])
+                raise self.service._channel.error(e) from None
+            if response.digest != digest:
+                self._cancel(pending[i + 1:])
+                raise errors.StorageError(
+                    f"{self.service.url}: Put answered {_show_digest(response.digest)} for a blob that hashes "
+                    f"to {digest}")
+
+    def abort(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        self._cancel(pending)
+
+    @staticmethod
+    def _cancel(uploads: list[tuple[B3Digest, grpc.Future]]) -> None:
+        for _, future in uploads:
+            future.cancel()
+
+
+def _show_digest(raw: bytes) -> str:
+    """A digest from a response for a message: ``b3:...`` if it has the right length, else its length."""
+    return str(B3Digest(raw)) if len(raw) == 32 else f"a digest of {len(raw)} bytes"
 
 
 def _drain(q: queue.Queue[bytes | None]) -> Iterator[bytes]:
