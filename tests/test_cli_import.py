@@ -208,3 +208,50 @@ def test_unreadable_paths(tmp_path):
         f"tvixd import: error: {tmp_path}/t1/secret: Permission denied",
         f"tvixd import: error: {tmp_path}/t2/closed: Permission denied",
     ]
+
+
+def _daemon_flags(daemon) -> list[str]:
+    return [f"--{s}-service-addr={daemon.addr}" for s in ("blob", "directory", "path-info")]
+
+
+def test_import_through_daemon_uploads_each_distinct_blob_once(tmp_path):
+    """Identical and empty files are uploaded once per import; store paths as with the embedded store."""
+    from tests.daemon import start_daemon
+
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    for name in ("a", "b", "sub/a"):
+        (tree / name).write_bytes(b"same bytes\n")
+    for name in ("empty", "sub/empty"):
+        (tree / name).write_bytes(b"")
+    (tree / "sub" / "other").write_bytes(os.urandom(5000))
+    (tree / "big").write_bytes(os.urandom(3 << 20))  # streamed in chunks, not batched
+    embedded = run_tvixd("import", *store_args(tmp_path / "emb"), str(tree))
+    assert embedded.returncode == 0, embedded.stderr
+    with start_daemon(tmp_path / "daemon") as daemon:
+        proc = run_tvixd("import", *_daemon_flags(daemon), str(tree))
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == embedded.stdout
+        assert daemon.stop() == 0  # all access-log lines written
+    puts = [e for e in daemon.events() if e.get("method") == "/tvix.store.v1.BlobService/Put"]
+    assert len(puts) == 4  # "same bytes", "", other, big
+
+
+def test_failed_upload_through_daemon_fails_only_its_path(tmp_path):
+    """A blob the daemon refuses fails the import of the path holding it, naming the path; others complete."""
+    from tests.daemon import start_daemon
+
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "small").write_bytes(b"fits")
+    (tmp_path / "tree" / "large").write_bytes(os.urandom(100_000))  # over the daemon's message limit
+    (tmp_path / "root").write_bytes(b"Hello World!")
+    with start_daemon(tmp_path / "daemon", "--max-message-size", "64KiB") as daemon:
+        flags = _daemon_flags(daemon)
+        proc = run_tvixd("import", *flags, str(tmp_path / "tree"), str(tmp_path / "root"))
+        assert proc.returncode == 1
+        assert proc.stdout.decode() == HELLO_PATH + "\n"
+        lines = proc.stderr.decode().splitlines()
+        assert len(lines) == 1 and str(tmp_path / "tree") in lines[0] and "max_message_size=65536" in lines[0]
+        assert "Traceback" not in proc.stderr.decode()
+        listing = run_tvixd("path-info", "--all", *flags)
+        assert listing.stdout.decode().split() == [HELLO_PATH]  # the failed tree left no path info

@@ -7,7 +7,10 @@ each regular file exactly once and feeds the same bytes to two consumers:
   and sha256 are known when the walk ends (no second pass over the blobs);
 - a blob writer (blake3, temp file) in a thread pool. Creating a file costs 0.1-2 ms
   on a busy disk and releases the GIL, as do blake3 and writes of large buffers, so
-  writer threads overlap them with the walk (``DEFAULT_WORKERS``).
+  writer threads overlap them with the walk (``DEFAULT_WORKERS``). A batch whose
+  writers do not wait (``BlobBatch.closes_wait`` false: the gRPC client pipelines
+  its uploads) is written from the walk thread: a pool would only add a thread
+  hand-off per file.
 
 Blobs go through one :class:`tvixd.blobservice.base.BlobBatch`: for fs:// their
 fsyncs and renames are paid once, at ``commit()`` (one ``syncfs``), instead of two
@@ -188,6 +191,8 @@ class _Ingest:
     ) -> None:
         self.blob = blob_service
         self.batch = blob_service.batch()
+        if not self.batch.closes_wait:
+            workers = 0  # nothing to overlap (see the module docstring)
         self.directory_service = directory_service
         self.progress = progress
         self.budget = _Budget(INFLIGHT_BYTES)

@@ -129,6 +129,11 @@ class BlobBatch:
     nothing to do), which is correct for every backend.
     """
 
+    closes_wait: bool = True
+    """Whether a writer's ``close()`` waits for the backend (a disk, a round trip), so bulk writers
+    close from worker threads to overlap those waits. False for a batch whose ``close()`` only
+    hands the blob over (the gRPC client's: the upload runs on, ``commit`` waits for it)."""
+
     def __init__(self, service: BlobService) -> None:
         self.service = service
 

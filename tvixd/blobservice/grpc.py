@@ -241,15 +241,15 @@ class GrpcBlobWriter(BlobWriter):
     blob is sent as one message in a unary-style call (:meth:`_put_single`, or
     :meth:`GrpcBlobBatch.put_single` for a writer of a batch). Otherwise the
     streaming call starts with the second write, on a grpcio thread that drains
-    the queue. ``abort`` cancels the call, which makes the
-    server discard the upload (nothing becomes visible); an aborted writer that
-    never started a call has sent nothing.
+    the queue. ``abort`` cancels the call, which makes the server discard the
+    upload (nothing becomes visible); an aborted writer that never started a
+    call has sent nothing.
     """
 
     def __init__(self, service: GrpcBlobService, batch: GrpcBlobBatch | None = None) -> None:
         self._service = service
         self._batch = batch
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=WRITE_QUEUE_CHUNKS)
+        self._queue: queue.Queue[bytes | None] | None = None  # made by _start: one-chunk blobs need none
         self._future: grpc.Future | None = None
         self._first: bytes | None = None  # the held-back first chunk while no call has started
         self._digest: B3Digest | None = None
@@ -257,6 +257,7 @@ class GrpcBlobWriter(BlobWriter):
 
     def _start(self) -> grpc.Future:
         if self._future is None:
+            self._queue = queue.Queue(maxsize=WRITE_QUEUE_CHUNKS)
             self._future = self._service._stubs()[2].future(_drain(self._queue))
             if self._first is not None:
                 first, self._first = self._first, None
@@ -383,6 +384,8 @@ class GrpcBlobBatch(BlobBatch):
     unbatched writes: :meth:`abort` cancels the Puts still in flight (the server
     discards those) and cannot hide completed ones (complete, verified blobs).
     """
+
+    closes_wait = False  # a one-chunk close() hashes and starts the upload (blocks only when 32 are in flight)
 
     def __init__(self, service: GrpcBlobService) -> None:
         super().__init__(service)
