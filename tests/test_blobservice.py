@@ -424,12 +424,20 @@ def test_fs_os_error_names_path(fs_service, tmp_path):
     assert list((tmp_path / "blobs" / "tmp").iterdir()) == []
 
 
-def test_fs_disk_full(tmp_path):
-    """ENOSPC → ResourceExhausted, and nothing visible (a 1 MiB tmpfs; needs root to mount)."""
+@pytest.mark.parametrize("behind", [False, True], ids=["inline", "write-behind"])
+def test_fs_disk_full(tmp_path, monkeypatch, behind):
+    """ENOSPC → ResourceExhausted, and nothing visible (a 1 MiB tmpfs; needs root to mount).
+
+    With write-behind the failing write happens on the writer's thread and surfaces in a later
+    ``write`` or in ``close``.
+    """
     import subprocess
 
+    from tvixd.blobservice import fs
     from tvixd.blobservice.fs import FsBlobService
     from tvixd.errors import ResourceExhausted
+
+    monkeypatch.setattr(fs, "WRITE_BEHIND_FROM", 300_000 if behind else 1 << 40)
 
     root = tmp_path / "blobs"
     root.mkdir()
@@ -440,9 +448,10 @@ def test_fs_disk_full(tmp_path):
         service = FsBlobService(str(root))
         writer = service.open_write()
         with pytest.raises(ResourceExhausted, match="no space"):
-            for _ in range(4):
-                writer.write(BLOB_B)
+            for _ in range(30):
+                writer.write(BLOB_B[:200_000])
             writer.close()
+        assert writer._behind is None  # the thread (if any) has ended
         assert blob_files(root) == []
         assert list((root / "tmp").iterdir()) == []
         assert put(service, BLOB_A) == BLOB_A_DIGEST  # still usable afterwards
@@ -465,9 +474,14 @@ def test_fs_from_addr_creates_directory(tmp_path):
     assert (tmp_path / "a" / "b" / "blobs" / "tmp").is_dir()
 
 
+@pytest.mark.parametrize("behind", [False, True], ids=["inline", "write-behind"])
 @pytest.mark.parametrize("batched", [False, True], ids=["single", "batch"])
-def test_fs_large_blob_in_many_chunks_with_early_writeback(fs_service, tmp_path, monkeypatch, batched):
-    """A big blob written in chunks of every size (buffered and not) while writeback starts early is stored intact."""
+def test_fs_large_blob_in_many_chunks_with_early_writeback(fs_service, tmp_path, monkeypatch, batched, behind):
+    """A big blob written in chunks of every size (buffered and not) while writeback starts early is stored intact.
+
+    With write-behind, the chunks are written by another thread after ``write`` returned: the caller's
+    buffer is reused (overwritten) right after each call, as a reading loop does.
+    """
     import random
 
     import blake3
@@ -475,18 +489,25 @@ def test_fs_large_blob_in_many_chunks_with_early_writeback(fs_service, tmp_path,
     from tvixd.blobservice import fs
 
     monkeypatch.setattr(fs, "WRITEBACK_WINDOW", 256 << 10)  # many windows in a few MiB
+    monkeypatch.setattr(fs, "WRITE_BEHIND_FROM", 1 << 20 if behind else 1 << 40)
+    monkeypatch.setattr(fs, "WRITE_BEHIND_BYTES", 1 << 20)  # the writer waits for the thread now and then
     data = random.Random(7).randbytes(5 * (1 << 20) + 12345)
     sizes = itertools.cycle([777, 100_000, 1_500_000, 3, 300_001])
     batch = fs_service.batch() if batched else None
     writer = (batch or fs_service).open_write()
+    buffer = bytearray(1_500_000)
     pos = 0
     while pos < len(data):
         chunk = data[pos : pos + next(sizes)]
-        assert writer.write(chunk) == len(chunk)
+        view = memoryview(buffer)[: len(chunk)]
+        view[:] = chunk
+        assert writer.write(view if pos % 2 else bytes(chunk)) == len(chunk)
+        view[:] = b"\xff" * len(chunk)  # the caller reuses its buffer
         pos += len(chunk)
-    if fs._load_sync_file_range() is not None:  # Linux: writeback was started on completed windows, never past the end
-        assert 4 << 20 < writer._writeback_from <= len(data)
+    assert (writer._behind is not None) == behind
     digest = writer.close()
+    if fs._load_sync_file_range() is not None:  # Linux: writeback was started on completed windows, never past the end
+        assert 4 << 20 < writer._out.writeback_from <= len(data)
     if batch is not None:
         batch.commit()
     assert digest == blake3.blake3(data).digest()
@@ -495,6 +516,32 @@ def test_fs_large_blob_in_many_chunks_with_early_writeback(fs_service, tmp_path,
     h = digest.hex()
     assert (tmp_path / "blobs" / h[:2] / h[2:]).read_bytes() == data
     assert temp_files(str(tmp_path / "blobs" / "tmp")) == []
+
+
+def test_fs_write_behind_abort_and_abandon_leave_nothing(fs_service, tmp_path, monkeypatch):
+    """A writer aborted, or dropped, while its write-behind thread still has chunks queued: no blob, no temp file,
+    no thread left."""
+    import threading
+
+    from tvixd.blobservice import fs
+
+    monkeypatch.setattr(fs, "WRITE_BEHIND_FROM", 1 << 20)
+    chunk = b"z" * (1 << 20)
+    for ending in ("abort", "drop"):
+        writer = fs_service.open_write()
+        for _ in range(6):
+            writer.write(chunk)
+        thread = writer._behind._thread
+        assert thread.is_alive()
+        if ending == "abort":
+            writer.abort()
+        else:
+            del writer
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+        assert temp_files(tmp_path / "blobs" / "tmp") == []
+        assert blob_files(tmp_path / "blobs") == []
+    assert not any(t.name == "tvixd-blob-write" for t in threading.enumerate())
 
 
 # --- open_verified: a big blob verified whole, then handed out as mappings (fs://) ----------------------
