@@ -79,6 +79,34 @@ def run(args: argparse.Namespace) -> int:
     return serve(args, cfg)
 
 
+MALLOC_MMAP_THRESHOLD = 16 << 20
+MALLOC_TRIM_THRESHOLD = 64 << 20
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory for reuse instead of returning it to the kernel at once.
+
+    Why: a daemon receiving a big blob allocates and frees a ~1 MiB buffer per message
+    (grpcio's receive, the Python bytes of each chunk). By default glibc gives the top of a
+    thread's heap back (``madvise``) whenever more than its trim threshold is free, and the
+    next message faults those pages in again: 136,000-189,000 page faults per 1 GiB Put
+    (``/proc/PID/stat``), ~15% of the daemon's CPU (perf: ``exc_page_fault`` under recvmsg
+    and memmove). With allocations below 16 MiB served from the heaps and 64 MiB kept free
+    there before trimming: 18-16,000 faults, and 3.6-4.9 -> 2.3-3.2 s of daemon CPU per GiB
+    (loaded 2-core VM). The price is that a process keeps up to that much freed memory.
+    False where there is no glibc ``mallopt`` (nothing changes).
+    """
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD)) and bool(
+        mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD))
+
+
 def serve(args: argparse.Namespace, cfg: Config, shared_addresses: list[str] | None = None,
           worker: int | None = None, on_ready: Callable[[], None] | None = None) -> int:
     """Open the store, serve, and drain on SIGTERM/SIGINT.
@@ -108,6 +136,7 @@ def serve(args: argparse.Namespace, cfg: Config, shared_addresses: list[str] | N
         except OSError as e:
             raise InvalidRequest(f"cannot read TLS certificate/key: {e}") from None
 
+    keep_freed_memory()
     addrs = store_addrs(args)  # unset ones: the embedded store under the state directory (created 0700)
     store = Store.open(addrs)
     stop = threading.Event()
