@@ -34,6 +34,8 @@ from typing import Any
 import grpc
 import structlog
 
+from tvixd.server.servicers import THREAD_POOL_ATTR
+
 _access = structlog.get_logger("tvixd.access")
 
 # Codes that mean a bug or corruption on our side: logged at error level, the rest at info.
@@ -257,6 +259,9 @@ class ObservingInterceptor(grpc.ServerInterceptor):
                     self._finish(call, context, error)
                     structlog.contextvars.unbind_contextvars("request_id")
 
+        pool = getattr(behavior, THREAD_POOL_ATTR, None)
+        if pool is not None:  # the servicer's choice of thread pool (servicers.quick_pool) applies to the wrapper
+            setattr(wrapped, THREAD_POOL_ATTR, pool)
         return factory(wrapped, request_deserializer=request_deserializer, response_serializer=response_serializer)
 
     def _begin(self, call: CallRecord, context: grpc.ServicerContext) -> None:

@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from tvixd import errors
 from tvixd.server.listen import family_available, parse_listen_address
-from tvixd.server.servicers import SERVICE_NAMES, generic_handlers
+from tvixd.server.servicers import SERVICE_NAMES, generic_handlers, quick_pool
 from tvixd.store import Store
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -90,6 +90,7 @@ class TvixdServer:
 
     server: grpc.Server
     health: health.HealthServicer
+    quick: futures.ThreadPoolExecutor | None = None  # servicers.quick_pool: stopped with the server
     addresses: list[str] = field(default_factory=list)
     _stopped: threading.Event = field(default_factory=threading.Event)
 
@@ -103,6 +104,8 @@ class TvixdServer:
         """Drain: NOT_SERVING, refuse new calls, let in-flight calls finish within ``grace`` seconds."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.quick is not None:
+            self.quick.shutdown(wait=True)
         self._stopped.set()
 
 
@@ -148,7 +151,8 @@ def build_server(
         options=options,
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
-    server.add_generic_rpc_handlers(generic_handlers(store, max_message_bytes))
+    quick = quick_pool()
+    server.add_generic_rpc_handlers(generic_handlers(store, max_message_bytes, quick))
     health_servicer = health.HealthServicer()
     for name in ("", *SERVICE_NAMES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -157,7 +161,7 @@ def build_server(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server, pool=_ReflectionPool()
     )
     credentials = grpc.ssl_server_credentials([(tls.private_key, tls.cert_chain)]) if tls else None
-    built = TvixdServer(server=server, health=health_servicer)
+    built = TvixdServer(server=server, health=health_servicer, quick=quick)
     ephemeral_localhost: int | None = None
     for spec in specs:
         address = spec.address
