@@ -344,3 +344,37 @@ def test_nodes_tie_rule_for_invalid_input() -> None:
     assert [type(n).__name__ for n in directory_nodes(d)] == ["FileNode", "DirectoryNode"]
     d = Directory(directories=[DirectoryNode(name=b"x", digest=DUMMY_DIGEST)], symlinks=[SymlinkNode(name=b"x")])
     assert [type(n).__name__ for n in directory_nodes(d)] == ["SymlinkNode", "DirectoryNode"]
+
+
+def _selection_rule_order(d: Directory) -> list[tuple[str, bytes]]:
+    """§5.5 stated directly: take the head of the lists each step; a directory goes first only when its name is
+    strictly smaller than the file's and the symlink's, a file only when strictly smaller than the symlink's."""
+    heads = [list(d.directories), list(d.files), list(d.symlinks)]
+    out = []
+    while any(heads):
+        dn, fn, sn = (h[0].name if h else None for h in heads)
+        if dn is not None and (fn is None or dn < fn) and (sn is None or dn < sn):
+            pick = 0
+        elif fn is not None and (sn is None or fn < sn) and not (dn is not None and dn < fn):
+            pick = 1
+        else:
+            pick = 2
+        node = heads[pick].pop(0)
+        out.append((type(node).__name__, node.name))
+    return out
+
+
+def test_nodes_follow_the_selection_rule_for_any_input() -> None:
+    """Random directories, also unsorted or with names repeated across lists (single-kind ones included: they
+    are returned as the list itself)."""
+    import random
+
+    rnd = random.Random(5)
+    for _ in range(3000):
+        def names() -> list[bytes]:
+            found = [bytes([rnd.choice(b"abc")]) * rnd.randint(1, 2) for _ in range(rnd.randint(0, 4))]
+            return sorted(found) if rnd.random() < 0.5 else found
+
+        d = Directory(directories=[DirectoryNode(name=n) for n in names()],
+                      files=[FileNode(name=n) for n in names()], symlinks=[SymlinkNode(name=n) for n in names()])
+        assert [(type(n).__name__, n.name) for n in directory_nodes(d)] == _selection_rule_order(d), d

@@ -444,12 +444,13 @@ def test_entry_order_is_per_directory() -> None:
     assert render(tree) == grammar_nar(tree)
 
 
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
 @pytest.mark.parametrize("name", [b"", b".", b"..", b"a/b", b"/", b"a\0"])
-def test_invalid_entry_names(name: bytes) -> None:
+def test_invalid_entry_names(name: bytes, kind: type) -> None:
     w = NarWriter(Collect())
     w.directory_start()
     with pytest.raises(NarError, match="invalid NAR entry name") as info:
-        w.entry_start(name)
+        w.entry_start(kind(name))
     assert isinstance(info.value, InvalidRequest)
 
 

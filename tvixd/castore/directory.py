@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import blake3
 
@@ -30,7 +30,8 @@ def _show_name(name: bytes) -> str:
 
 def validate_name(name: bytes) -> None:
     """Reject names a directory entry can't have: empty, ``.``, ``..``, NUL or ``/`` inside."""
-    if not name or name in (b".", b"..") or b"\x00" in name or b"/" in name:
+    # "/" and NUL as ints: a bytes operand of ``in`` costs a formatted-and-dropped TypeError (~0.9 µs) first.
+    if not name or name in (b".", b"..") or 0 in name or 0x2F in name:
         raise DirectoryValidationError(f"invalid name {_show_name(name)}")
 
 
@@ -100,24 +101,39 @@ def directory_nodes(directory: Directory) -> Iterator[AnyNode]:
     Used by the NAR renderer, FUSE readdir and path lookups. For valid
     directories this is a plain merge; the tie rule of SPEC §5.5 (directories
     beat files only when strictly smaller, etc.) is kept for invalid input.
+    A directory with one kind of child only (common: a directory of files) is
+    that list as it is: the merge would yield it in the same order, and reading
+    each name through protobuf costs ~0.5 µs per entry of a NAR rendering.
     """
     dirs, files, links = directory.directories, directory.files, directory.symlinks
+    if not files and not links:
+        return iter(dirs)
+    if not dirs and not links:
+        return iter(files)
+    if not dirs and not files:
+        return iter(links)
+    return _merged(dirs, files, links)
+
+
+def _merged(
+    dirs: Sequence[DirectoryNode], files: Sequence[FileNode], links: Sequence[SymlinkNode]
+) -> Iterator[AnyNode]:
+    """The merge of :func:`directory_nodes`; each list's current name is read once."""
     i = j = k = 0
     nd, nf, ns = len(dirs), len(files), len(links)
-    while i < nd or j < nf or k < ns:
-        d = dirs[i].name if i < nd else None
-        f = files[j].name if j < nf else None
-        s = links[k].name if k < ns else None
-        if d is not None and (f is None or d < f):
-            if s is None or d < s:
-                yield dirs[i]
-                i += 1
-            else:
-                yield links[k]
-                k += 1
-        elif f is not None and (s is None or f < s):
+    d = dirs[0].name if nd else None
+    f = files[0].name if nf else None
+    s = links[0].name if ns else None
+    while d is not None or f is not None or s is not None:
+        if d is not None and (f is None or d < f) and (s is None or d < s):
+            yield dirs[i]
+            i += 1
+            d = dirs[i].name if i < nd else None
+        elif f is not None and (d is None or d >= f) and (s is None or f < s):
             yield files[j]
             j += 1
+            f = files[j].name if j < nf else None
         else:
             yield links[k]
             k += 1
+            s = links[k].name if k < ns else None

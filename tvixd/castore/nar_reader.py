@@ -178,14 +178,15 @@ def _show(data: bytes) -> str:
 
 
 def _validate_name(name: bytes, offset: int) -> None:
-    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
+    # "/" and NUL as ints: a bytes operand of ``in`` costs a formatted-and-dropped TypeError (~0.9 µs) first.
+    if not name or name in (b".", b"..") or 0x2F in name or 0 in name:
         raise NarParseError(f"invalid entry name {_show(name)} at offset {offset}")
 
 
 def _validate_target(target: bytes, offset: int) -> None:
     if not target:
         raise NarParseError(f"empty symlink target at offset {offset}")
-    if b"\0" in target:
+    if 0 in target:
         raise NarParseError(f"symlink target {_show(target)} at offset {offset} contains a NUL byte")
 
 
