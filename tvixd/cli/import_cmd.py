@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     from tvixd.log import get_logger
 
     logger = get_logger("tvixd.import")  # imports structlog only if a line is logged (start-up time)
+    _collect_garbage_less_often()
     failed = 0
     with open_store(args) as store:
         for path in args.paths:
@@ -146,6 +147,27 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
     return 1 if failed else 0
+
+
+GC_GEN0_THRESHOLD = 20_000
+"""Container allocations between young-generation collections during an import (Python's default: 700)."""
+
+
+def _collect_garbage_less_often() -> None:
+    """Let the collector run about 30x less often while this process imports.
+
+    Every file allocates short-lived containers (gRPC call state, futures, protobuf
+    messages) that die by reference counting, so at the default threshold the
+    collector runs every few files and rescans what survives (pending directories,
+    the store's objects). ``gc.freeze`` keeps the start-up objects (modules,
+    classes) out of later full collections. Through a daemon, /usr/share/doc:
+    client CPU 3.47 -> 3.20 s (mean of 6 alternated runs, load 13-15). Cycles are
+    still collected, only later.
+    """
+    import gc
+
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def _error(progress: ProgressLine | None, message: str) -> None:
