@@ -136,3 +136,23 @@ def test_grpc_batch_reports_a_failed_upload_at_commit(tmp_path):
         assert not service.has(_digest(large))
         batch.commit()  # the failure was reported once; nothing else pending
         service.close()
+
+
+def test_grpc_batch_raises_a_failed_upload_before_commit(tmp_path, monkeypatch):
+    """Once an upload failed, the next close() raises it: an import stops early instead of reading on."""
+    import tvixd.blobservice.grpc as grpc_blobs
+
+    monkeypatch.setattr(grpc_blobs, "BATCH_INFLIGHT", 1)  # the second close waits for the first upload to end
+    with start_daemon(tmp_path, "--max-message-size", "64KiB") as daemon:
+        service = from_addr(daemon.addr)
+        batch = service.batch()
+        for data in (os.urandom(100_000), b"second"):  # the first is refused
+            w = batch.open_write()
+            w.write(data)
+            w.close()
+        w = batch.open_write()
+        w.write(b"third")
+        with pytest.raises(errors.ResourceExhausted, match="max_message_size=65536"):
+            w.close()
+        batch.abort()
+        service.close()

@@ -377,7 +377,9 @@ class GrpcBlobBatch(BlobBatch):
     thread); identical blobs of one batch are uploaded once. :meth:`commit` waits
     for every upload started before it and checks that the server named each blob
     as the client hashed it, so an upload error or a wrong digest surfaces there,
-    before the importer makes any directory visible. Blobs of several chunks are
+    before the importer makes any directory visible; once an upload has failed,
+    the next ``put_single`` raises it too (a daemon gone away fails the import at
+    once, not after reading the whole tree). Blobs of several chunks are
     streamed by their writer and closed synchronously, as without a batch.
 
     A blob is visible on the server as soon as its Put completes, as with
@@ -393,12 +395,15 @@ class GrpcBlobBatch(BlobBatch):
         self._lock = threading.Lock()  # guards _sent and _pending together (see put_single)
         self._sent: set[B3Digest] = set()
         self._pending: list[tuple[B3Digest, grpc.Future]] = []
+        self._failed = False  # an upload not yet committed has failed
 
     def open_write(self) -> BlobWriter:
         return GrpcBlobWriter(self.service, self)
 
     def put_single(self, chunk: bytes) -> B3Digest:
         """Start the Put of a one-message blob (an encoded BlobChunk); return the digest of its data."""
+        if self._failed:
+            self.commit()  # raises the failure
         digest = B3Digest.of(decode_blob_chunk(chunk))
         if digest in self._sent:
             return digest
@@ -416,13 +421,20 @@ class GrpcBlobBatch(BlobBatch):
         except BaseException:
             self._slots.release()
             raise
-        future.add_done_callback(lambda _: self._slots.release())
+        future.add_done_callback(self._finished)
         return digest
+
+    def _finished(self, future: grpc.Future) -> None:
+        """An upload ended (called on grpcio's channel thread): note a failure, free its slot."""
+        if not future.cancelled() and future.exception() is not None:
+            self._failed = True
+        self._slots.release()
 
     def commit(self) -> None:
         """Wait for the uploads started so far; raise the first failure (the server's error, or a digest mismatch)."""
         with self._lock:
             pending, self._pending = self._pending, []
+            self._failed = False  # a failure among these is raised below
         for i, (digest, future) in enumerate(pending):
             try:
                 response = future.result()
