@@ -392,13 +392,13 @@ class _WriteBehind:
         self._cond = threading.Condition(threading.Lock())
         self._chunks: deque[bytes | memoryview | None] = deque()  # None: no more chunks
         self._queued = 0  # bytes in _chunks
-        self._error: OSError | None = None
+        self._error: Exception | None = None  # the first write's failure (an OSError, or a bug)
         self._cancelled = False
         self._thread = threading.Thread(target=self._run, args=(out,), name="tvixd-blob-write", daemon=True)
         self._thread.start()
 
     def put(self, data: bytes | memoryview) -> None:
-        """Queue ``data`` (which must not change any more); OSError if an earlier write failed."""
+        """Queue ``data`` (which must not change any more); raises an earlier write's error (OSError for I/O)."""
         with self._cond:
             while self._queued and self._queued + len(data) > WRITE_BEHIND_BYTES and self._error is None:
                 self._cond.wait()
@@ -420,7 +420,7 @@ class _WriteBehind:
             if self._error is None and not self._cancelled:
                 try:
                     out.write(data)
-                except OSError as e:
+                except Exception as e:  # kept for the writer: a dead thread must not leave it waiting
                     self._error = e
             with cond:
                 self._chunks.popleft()
@@ -428,7 +428,7 @@ class _WriteBehind:
                 cond.notify_all()
 
     def finish(self) -> None:
-        """Return once every queued chunk is in the file; the first write's OSError if one failed."""
+        """Return once every queued chunk is in the file; raises the first write's error if one failed."""
         self._end()
         if self._error is not None:
             raise self._error
