@@ -544,6 +544,28 @@ def test_fs_write_behind_abort_and_abandon_leave_nothing(fs_service, tmp_path, m
     assert not any(t.name == "tvixd-blob-write" for t in threading.enumerate())
 
 
+def test_fs_verified_reads_open_relative_to_the_blob_directory(fs_service, tmp_path):
+    """Verified reads open blobs relative to one open descriptor of the blob directory; close() releases it
+    and a read afterwards opens it again (no descriptor kept by a closed service, no read failing)."""
+    digest = put(fs_service, BLOB_A)
+
+    def open_fds() -> set[str]:
+        return {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd") if fd.isdigit()
+                and os.path.exists(f"/proc/self/fd/{fd}")}
+
+    assert fs_service.read_verified(digest, len(BLOB_A)) == BLOB_A
+    root = str(tmp_path / "blobs")
+    assert root in open_fds()
+    with fs_service.open_verified(digest, len(BLOB_A)) as blob:
+        assert b"".join(bytes(w) for w in blob.windows()) == BLOB_A
+    fs_service.close()
+    assert root not in open_fds()
+    assert fs_service.read_verified(digest, len(BLOB_A)) == BLOB_A
+    assert fs_service.read_verified(bytes(range(32)), 6) is None
+    fs_service.close()
+    assert root not in open_fds()
+
+
 # --- open_verified: a big blob verified whole, then handed out as mappings (fs://) ----------------------
 
 

@@ -288,16 +288,6 @@ class FsBlobReader(BlobReader):
         super().close()
 
 
-def _open_blob(path: str) -> int | None:
-    """A read-only descriptor of a blob file; None if there is none, StorageError if it cannot be opened."""
-    try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise _os_error(e, "open blob file", path) from e
-
-
 class FsVerifiedBlob(VerifiedBlob):
     """An open blob file handed out as read-only mappings of ``MAP_WINDOW`` bytes (see ``open_verified``).
 
@@ -777,6 +767,31 @@ class FsBlobService(BlobService):
         h = digest.hex()
         return f"{self._prefix}{h[:2]}/{h[2:]}"  # os.path.join was ~10% of rendering a NAR of small files
 
+    @functools.cached_property
+    def _root_fd(self) -> int:
+        """The blob directory, open: verified reads open ``xx/yyyy...`` relative to it (``openat``).
+
+        Why: the kernel then walks two path components per blob instead of the root's whole path
+        as well (0.6 of 5 µs per open + close, 50,000 blobs under /tmp/.../blobs); rendering a NAR
+        opens one blob per file. Opened on first use; :meth:`close` closes it (a later read reopens it).
+        """
+        return os.open(self.root, getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def _open_blob(self, path: str) -> int | None:
+        """A read-only descriptor of the blob file ``path`` (from :meth:`path_of`); None if there is none,
+        StorageError if it cannot be opened."""
+        try:
+            return os.open(path[len(self._prefix) :], os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._root_fd)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise _os_error(e, "open blob file", path) from e
+
+    def close(self) -> None:
+        fd = self.__dict__.pop("_root_fd", None)
+        if fd is not None:
+            os.close(fd)
+
     def _place(self, source: str | int, final: str) -> bool:
         """Give a temp file (path, or anonymous fd) its blob name, not yet durably; True if the fan-out dir is new."""
         place = os.rename if isinstance(source, str) else _link_fd
@@ -843,7 +858,7 @@ class FsBlobService(BlobService):
         if len(digest) != DIGEST_LEN:
             B3Digest(digest)  # raises InvalidRequest naming the length
         path = self.path_of(digest)  # plain bytes: a B3Digest per file was ~1 µs of ~20 per file of a NAR
-        fd = _open_blob(path)
+        fd = self._open_blob(path)
         if fd is None:
             return None
         try:
@@ -877,7 +892,7 @@ class FsBlobService(BlobService):
         """
         digest = B3Digest(digest)
         path = self.path_of(digest)
-        fd = _open_blob(path)
+        fd = self._open_blob(path)
         if fd is None:
             return None
         blob = FsVerifiedBlob(fd, size)
