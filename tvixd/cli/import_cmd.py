@@ -32,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="blob writer threads (default 12; 0 writes blobs in the walking thread)",
+        help="blob writer threads (default 12; 0 writes blobs in the walking thread). Uploads to a daemon "
+        "(grpc+ addresses) are pipelined from the walking thread instead",
     )
     add_store_args(p, StoreAddrs.daemon())
     p.set_defaults(func=run)
