@@ -135,6 +135,11 @@ def test_grpc_batch_reports_a_failed_upload_at_commit(tmp_path):
         assert service.has(_digest(small))
         assert not service.has(_digest(large))
         batch.commit()  # the failure was reported once; nothing else pending
+        w = batch.open_write()  # the same blob again: uploaded again (not skipped as a duplicate), refused again
+        w.write(large)
+        w.close()
+        with pytest.raises(errors.ResourceExhausted, match="max_message_size=65536"):
+            batch.commit()
         service.close()
 
 

@@ -444,10 +444,10 @@ class GrpcBlobBatch(BlobBatch):
             try:
                 response = future.result()
             except grpc.RpcError as e:
-                self._cancel(pending[i + 1:])
+                self._cancel(pending[i:])
                 raise self.service._channel.error(e) from None
             if response.digest != digest:
-                self._cancel(pending[i + 1:])
+                self._cancel(pending[i:])
                 raise errors.StorageError(
                     f"{self.service.url}: Put answered {_show_digest(response.digest)} for a blob that hashes "
                     f"to {digest}")
@@ -457,10 +457,11 @@ class GrpcBlobBatch(BlobBatch):
             pending, self._pending = self._pending, []
         self._cancel(pending)
 
-    @staticmethod
-    def _cancel(uploads: list[tuple[B3Digest, grpc.Future]]) -> None:
-        for _, future in uploads:
+    def _cancel(self, uploads: list[tuple[B3Digest, grpc.Future]]) -> None:
+        """Cancel these uploads and forget them: writing one of those blobs again uploads it again."""
+        for digest, future in uploads:
             future.cancel()
+            self._sent.discard(digest)
 
 
 def _show_digest(raw: bytes) -> str:
