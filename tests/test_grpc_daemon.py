@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -250,9 +251,27 @@ def test_client_cancelling_directory_put_leaves_nothing(tmp_path):
         assert e.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def _wait_for_puts_started(daemon, count: int) -> None:
+    """Until the daemon's metrics count ``count`` Blob Puts started (a sleep was not enough on a loaded machine)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    address = next(e["address"] for e in daemon.events() if e["event"] == "metrics listening")
+    deadline = time.monotonic() + 60
+    while True:
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=30) as r:
+            text = r.read().decode()
+        started = sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                      if s.name == "grpc_server_started_total" and s.labels.get("grpc_method") == "Put"
+                      and s.labels.get("grpc_service") == "tvix.store.v1.BlobService")
+        if started >= count:
+            return
+        assert time.monotonic() < deadline, f"the daemon started {started} of {count} Puts within 60 s"
+        time.sleep(0.02)
+
+
 def test_one_access_line_per_call_also_when_the_client_leaves_first(tmp_path):
     """The access line waits for the servicer and for the call's end on the wire, whichever comes last."""
-    with start_daemon(tmp_path, *MEMORY) as d:
+    with start_daemon(tmp_path, *MEMORY, "--metrics-listen-address", "127.0.0.1:0") as d:
         with grpc.insecure_channel(d.target) as ch:
             blobs = rpc_blobstore_pb2_grpc.BlobServiceStub(ch)
             data = os.urandom(16 << 20)  # far more than the flow-control windows hold
@@ -273,7 +292,7 @@ def test_one_access_line_per_call_also_when_the_client_leaves_first(tmp_path):
                 gate.wait(30)
 
             future = blobs.Put.future(requests(), metadata=[("x-request-id", "put-left")])
-            time.sleep(0.5)
+            _wait_for_puts_started(d, 2)  # put-ok and put-left: the servicer now waits for more of it
             future.cancel()
             gate.set()
             # A call after them all: its answer proves the daemon kept serving.
