@@ -513,38 +513,39 @@ def read_chunk_table(size: int, blob_addr: str) -> list[list[object]]:
 
 
 def import_bench(tree: Path, runs: int) -> list[list[object]]:
-    """``tvixd import TREE`` through a daemon vs into an embedded store vs ``nix-store --add-fixed``."""
-    from bench.common import measure
+    """``tvixd import TREE`` through a daemon vs into an embedded store vs ``nix-store --add-fixed``.
+
+    One round runs nix, the embedded import and the import through a fresh daemon, in turn, so
+    the disk's state and the machine's load hit all three alike (nix's time for the same tree
+    moved between 1.1 and 5.5 s across runs on this VM). Every store is kept until the end:
+    deleting thousands of files right before a run makes every file the run creates cost more
+    on an ext4 without a journal (the inode allocator skips recently deleted inodes one by one).
+    """
+    from bench.common import Measurement, run_once
     from bench.import_bench import _rmtree, nix_add, nix_env, store_flags
 
     work = Path(tempfile.mkdtemp(prefix="tvixd-bench-import-"))
+    nix, embedded, via = Measurement(), Measurement(), Measurement()
+    daemons: list[Daemon] = []
     try:
         env_nix = nix_env(work / "nixhome")
-        nix = measure(lambda i: nix_add(work / f"nix{i}", tree), runs, env=env_nix,
-                      before_each=lambda i: _rmtree(work / f"nix{i}"))
-        embedded = measure(lambda i: [sys.executable, "-m", "tvixd", "import", str(tree),
-                                      *store_flags(work / f"emb{i}")], runs, env=tvixd_env())
-        daemons: list[Daemon] = []
-        stopped: list[Daemon] = []
-
-        def fresh_daemon(i: int) -> None:
-            # The earlier daemons' stores are kept until the end, as nix's are: deleting thousands of files
-            # right before a run makes every file the run creates cost more on an ext4 without a journal
-            # (the inode allocator skips recently deleted inodes one by one: 29% of the daemon's CPU, perf).
-            while daemons:
+        for i in range(runs):
+            os.sync()
+            nix.samples.append(run_once(nix_add(work / f"nix{i}", tree), env=env_nix))
+            os.sync()
+            embedded.samples.append(run_once([sys.executable, "-m", "tvixd", "import", str(tree),
+                                              *store_flags(work / f"emb{i}")], env=tvixd_env()))
+            if daemons:
                 daemons[-1].stop()
-                stopped.append(daemons.pop())
             daemons.append(Daemon())
-
-        try:
-            via = measure(lambda i: [sys.executable, "-m", "tvixd", "import", str(tree),
-                                     "--blob-service-addr", daemons[0].url, "--directory-service-addr",
-                                     daemons[0].url, "--path-info-service-addr", daemons[0].url],
-                          runs, env=tvixd_env(), before_each=fresh_daemon)
-        finally:
-            for daemon in daemons + stopped:
-                daemon.close()
+            os.sync()
+            url = daemons[-1].url
+            via.samples.append(run_once([sys.executable, "-m", "tvixd", "import", str(tree), "--blob-service-addr",
+                                         url, "--directory-service-addr", url, "--path-info-service-addr", url],
+                                        env=tvixd_env()))
     finally:
+        for daemon in daemons:
+            daemon.close()
         _rmtree(work)
     return [
         [f"import {tree} through the daemon", f"{via.median_s:.2f} s",
