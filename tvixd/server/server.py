@@ -91,6 +91,7 @@ class TvixdServer:
     server: grpc.Server
     health: health.HealthServicer
     quick: futures.ThreadPoolExecutor | None = None  # servicers.quick_pool: stopped with the server
+    pool: futures.ThreadPoolExecutor | None = None  # the server's own worker pool
     addresses: list[str] = field(default_factory=list)
     _stopped: threading.Event = field(default_factory=threading.Event)
 
@@ -104,8 +105,12 @@ class TvixdServer:
         """Drain: NOT_SERVING, refuse new calls, let in-flight calls finish within ``grace`` seconds."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
-        if self.quick is not None:
-            self.quick.shutdown(wait=True)
+        # Every call is over on the wire now, but a handler may still be finishing (a cancelled upload
+        # in its cancel grace, its access line not yet submitted): wait for the threads, so whoever
+        # closes the access log after stop() gets every line.
+        for pool in (self.pool, self.quick):
+            if pool is not None:
+                pool.shutdown(wait=True)
         self._stopped.set()
 
 
@@ -145,8 +150,9 @@ def build_server(
         # silently share it instead of failing.
         ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
+    pool = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tvixd-grpc")
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tvixd-grpc"),
+        pool,
         interceptors=list(interceptors),
         options=options,
         maximum_concurrent_rpcs=max_concurrent_rpcs,
@@ -161,7 +167,7 @@ def build_server(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server, pool=_ReflectionPool()
     )
     credentials = grpc.ssl_server_credentials([(tls.private_key, tls.cert_chain)]) if tls else None
-    built = TvixdServer(server=server, health=health_servicer, quick=quick)
+    built = TvixdServer(server=server, health=health_servicer, quick=quick, pool=pool)
     ephemeral_localhost: int | None = None
     for spec in specs:
         address = spec.address
