@@ -22,6 +22,8 @@ from tvixd.server.servicers import SERVICE_NAMES, generic_handlers, quick_pool
 from tvixd.store import Store
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+HANDLER_DRAIN_SECONDS = 5.0
+"""How long ``TvixdServer.stop`` waits, after grpc's own stop, for handler threads still finishing."""
 """Largest request message accepted by default: big enough for a Directory with ~500k entries."""
 
 DEFAULT_WORKERS = 32
@@ -107,10 +109,15 @@ class TvixdServer:
         self.server.stop(grace).wait()
         # Every call is over on the wire now, but a handler may still be finishing (a cancelled upload
         # in its cancel grace, its access line not yet submitted): wait for the threads, so whoever
-        # closes the access log after stop() gets every line.
+        # closes the access log after stop() gets every line. Bounded: a handler stuck on an upstream
+        # (proxy mode) must not keep a stopping daemon alive.
         for pool in (self.pool, self.quick):
             if pool is not None:
-                pool.shutdown(wait=True)
+                drain = threading.Thread(target=pool.shutdown, name="tvixd-drain", daemon=True)
+                drain.start()
+                drain.join(HANDLER_DRAIN_SECONDS)
+                if drain.is_alive():
+                    _log.warning("handlers still running after the server stopped", waited_s=HANDLER_DRAIN_SECONDS)
         self._stopped.set()
 
 
