@@ -836,12 +836,10 @@ class FsBlobService(BlobService):
     def open_read(self, digest: bytes) -> BlobReader | None:
         digest = B3Digest(digest)
         path = self.path_of(digest)
-        try:
-            file = open(path, "rb", buffering=0)  # owned by the reader
-        except FileNotFoundError:
+        fd = self._open_blob(path)
+        if fd is None:
             return None
-        except OSError as e:
-            raise _os_error(e, "open blob file", path) from e
+        file = open(fd, "rb", buffering=0)  # owned by the reader
         try:
             size = os.fstat(file.fileno()).st_size
         except OSError as e:
