@@ -495,8 +495,8 @@ def load(args: Any = None, environ: typing.Mapping[str, str] | None = None,
     command = getattr(args, "command", None)
     cfg = Config(file=file, file_source=how)
     for spec in schema():
-        # A list default is copied: the schema's own object must not be shared by every Config.
-        value, source = (list(spec.default) if isinstance(spec.default, list) else spec.default), "default"
+        # The section's own default: a fresh copy of a list (see _Section), never the schema's object.
+        value, source = getattr(getattr(cfg, spec.section), spec.name), "default"
         if spec.section in file_values and spec.name in file_values[spec.section]:
             value, source = file_values[spec.section][spec.name], file_sources[spec.dotted]
         raw_env = environ.get(spec.env)
