@@ -28,15 +28,18 @@ chunk is withheld by the verifying reader.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from tvixd.blobservice.base import BlobService
 from tvixd.castore.digest import DIGEST_LEN, B3Digest
-from tvixd.castore.directory import AnyNode, directory_nodes
+from tvixd.castore.entries import FILE, SYMLINK, Entry, directory_entries, node_entry
 from tvixd.castore.nar import NarHashSink, NarSizeError, NarWriter
 from tvixd.directoryservice.base import DirectoryService
 from tvixd.errors import DataLoss, InvalidRequest, NotFound
-from tvixd.proto.castore_pb2 import Directory, DirectoryNode, FileNode, SymlinkNode
-from tvixd.proto.pathinfo_pb2 import Node
+
+if TYPE_CHECKING:  # protobuf only for callers that hand in messages: `dump-path` never imports it
+    from tvixd.castore.directory import AnyNode
+    from tvixd.proto.pathinfo_pb2 import Node
 
 BLOB_CHUNK = 1 << 20
 """Read size for blob contents: big enough that per-call overhead vanishes, small enough to stay flat."""
@@ -44,22 +47,28 @@ SMALL_FILE = 1 << 20
 """Files up to this size are read whole and verified before any of their bytes is written."""
 
 
-def root_of(node: Node | AnyNode) -> AnyNode:
-    """The DirectoryNode/FileNode/SymlinkNode inside a ``Node`` (or ``node`` itself)."""
-    if isinstance(node, Node):
-        kind = node.WhichOneof("node")
-        if kind is None:
-            raise InvalidRequest("no root node sent (Node.node is unset)")
-        return getattr(node, kind)
-    if isinstance(node, DirectoryNode | FileNode | SymlinkNode):
-        return node
-    raise InvalidRequest(f"not a node: {type(node).__name__}")
+def root_entry(node: Node | AnyNode | Entry) -> Entry:
+    """The root as an entry (:mod:`tvixd.castore.entries`): from a ``Node``, a DirectoryNode/FileNode/SymlinkNode,
+    or an entry already; ``InvalidRequest`` for an unset ``Node``, anything else, or a digest not 32 bytes."""
+    if isinstance(node, tuple):
+        entry = node
+    else:
+        from tvixd.proto.castore_pb2 import DirectoryNode, FileNode, SymlinkNode
+        from tvixd.proto.pathinfo_pb2 import Node
 
-
-def _digest(node: DirectoryNode | FileNode, what: str) -> B3Digest:
-    if len(node.digest) != DIGEST_LEN:
-        raise InvalidRequest(f"invalid digest length {len(node.digest)} in {what} node {node.name!r}")
-    return B3Digest(node.digest)
+        if isinstance(node, Node):
+            kind = node.WhichOneof("node")
+            if kind is None:
+                raise InvalidRequest("no root node sent (Node.node is unset)")
+            node = getattr(node, kind)
+        if not isinstance(node, DirectoryNode | FileNode | SymlinkNode):
+            raise InvalidRequest(f"not a node: {type(node).__name__}")
+        entry = node_entry(node)
+    kind, name, ref = entry[0], entry[1], entry[2]
+    if kind != SYMLINK and len(ref) != DIGEST_LEN:
+        what = "file" if kind == FILE else "directory"
+        raise InvalidRequest(f"invalid digest length {len(ref)} in {what} node {name!r}")
+    return entry
 
 
 class _Renderer:
@@ -67,73 +76,75 @@ class _Renderer:
         self.writer = writer
         self.blobs = blobs
         self.directories = directories
-        self.prefetched: dict[B3Digest, Directory] = {}  # the root's closure, if complete
+        self.closure: dict[bytes, list[Entry]] = {}  # the root's closure, if complete
         self.read_verified = blobs.read_verified
 
-    def prefetch(self, node: DirectoryNode) -> None:
+    def prefetch(self, digest: bytes) -> None:
         """Fetch the whole closure at once (one stream for gRPC, one query per level for SQLite).
 
         If it is incomplete, fall back to per-directory lookups so the error names the entry.
         """
         try:
-            self.prefetched = self.directories.get_closure(_digest(node, "directory"))
+            self.closure = self.directories.get_closure_entries(digest)
         except NotFound:
-            self.prefetched = {}
+            self.closure = {}
 
-    def directory(self, node: DirectoryNode) -> Directory:
-        digest = _digest(node, "directory")
-        directory = self.prefetched.get(digest)
-        if directory is None:
+    def entries(self, name: bytes, digest: bytes) -> list[Entry]:
+        """The entries of the directory ``digest`` (entry ``name``), in NAR order."""
+        entries = self.closure.get(digest)
+        if entries is None:
+            if len(digest) != DIGEST_LEN:
+                raise InvalidRequest(f"invalid digest length {len(digest)} in directory node {name!r}")
             directory = self.directories.get(digest)
-        if directory is None:
-            raise NotFound(f"directory {digest} not found (referred from entry {node.name!r})")
-        return directory
+            if directory is None:
+                raise NotFound(f"directory {B3Digest(digest)} not found (referred from entry {name!r})")
+            entries = directory_entries(directory)
+        return entries
 
-    def small_file(self, node: FileNode, size: int) -> bytes:
+    def small_file(self, name: bytes, digest: bytes, size: int) -> bytes:
         """The whole, verified contents of a file of at most SMALL_FILE bytes (per-file hot path: no B3Digest built)."""
-        digest = node.digest
         if len(digest) != DIGEST_LEN:
-            _digest(node, "file")  # raises InvalidRequest naming the entry
+            raise InvalidRequest(f"invalid digest length {len(digest)} in file node {name!r}")
         try:
             data = self.read_verified(digest, size)
         except DataLoss as e:
-            raise DataLoss(f"entry {node.name!r}: {e}") from e
+            raise DataLoss(f"entry {name!r}: {e}") from e
         if data is None:
-            raise NotFound(f"blob {B3Digest(digest)} not found (referred from entry {node.name!r})")
+            raise NotFound(f"blob {B3Digest(digest)} not found (referred from entry {name!r})")
         return data
 
-    def file(self, node: FileNode) -> None:
+    def file(self, name: bytes, digest: bytes, size: int, executable: bool) -> None:
         """A file bigger than SMALL_FILE: verified whole first where the backend can (fs://), else streamed."""
-        digest = _digest(node, "file")
+        if len(digest) != DIGEST_LEN:
+            raise InvalidRequest(f"invalid digest length {len(digest)} in file node {name!r}")
+        digest = B3Digest(digest)
         try:
-            blob = self.blobs.open_verified(digest, node.size)
+            blob = self.blobs.open_verified(digest, size)
         except NotImplementedError:
-            return self.streamed_file(node, digest)
+            return self.streamed_file(name, digest, size, executable)
         except DataLoss as e:
-            raise DataLoss(f"entry {node.name!r}: {e}") from e
+            raise DataLoss(f"entry {name!r}: {e}") from e
         if blob is None:
-            raise NotFound(f"blob {digest} not found (referred from entry {node.name!r})")
+            raise NotFound(f"blob {digest} not found (referred from entry {name!r})")
         w = self.writer
         with blob:
-            w.file_start(node.size, node.executable)
+            w.file_start(size, executable)
             for window in blob.windows():
                 w.file_chunk(window)  # written through from the mapping: no copy in Python
             w.file_end()
         return None
 
-    def streamed_file(self, node: FileNode, digest: B3Digest) -> None:
+    def streamed_file(self, name: bytes, digest: B3Digest, size: int, executable: bool) -> None:
         """Through a verifying reader: each chunk is written as it comes, the last only once the digest matched."""
         reader = self.blobs.open_read(digest)
         if reader is None:
-            raise NotFound(f"blob {digest} not found (referred from entry {node.name!r})")
+            raise NotFound(f"blob {digest} not found (referred from entry {name!r})")
         with reader:
-            if reader.size is not None and reader.size != node.size:
-                raise DataLoss(
-                    f"entry {node.name!r} declares size {node.size} but blob {digest} has {reader.size} bytes"
-                )
+            if reader.size is not None and reader.size != size:
+                raise DataLoss(f"entry {name!r} declares size {size} but blob {digest} has {reader.size} bytes")
             w = self.writer
             try:
-                w.file_start(node.size, node.executable)
+                w.file_start(size, executable)
                 if reader.size is None:
                     while chunk := reader.read(BLOB_CHUNK):
                         w.file_chunk(chunk)
@@ -141,57 +152,56 @@ class _Renderer:
                     # Size known: ask for exactly what is left (no final empty read per file); the read
                     # that reaches the end is the one a verifying reader checks. An empty blob gets one
                     # read so it is checked too.
-                    remaining = node.size
+                    remaining = size
                     while remaining:
                         chunk = reader.read(min(BLOB_CHUNK, remaining))
                         if not chunk:
-                            raise DataLoss(f"blob {digest} (entry {node.name!r}) ended {remaining} bytes early")
+                            raise DataLoss(f"blob {digest} (entry {name!r}) ended {remaining} bytes early")
                         w.file_chunk(chunk)
                         remaining -= len(chunk)
-                    if not node.size:
+                    if not size:
                         reader.read(1)
                 w.file_end()
             except NarSizeError as e:
-                raise DataLoss(f"entry {node.name!r} (blob {digest}): {e}") from e
+                raise DataLoss(f"entry {name!r} (blob {digest}): {e}") from e
             except DataLoss as e:  # the verifying reader's: corrupt or truncated on disk
-                raise DataLoss(f"entry {node.name!r}: {e}") from e
+                raise DataLoss(f"entry {name!r}: {e}") from e
 
-    def render(self, root: AnyNode) -> None:
+    def render(self, root: Entry) -> None:
         w = self.writer
-        if isinstance(root, SymlinkNode):
-            w.symlink(root.target)
+        kind, name, ref, size, executable = root
+        if kind == SYMLINK:
+            w.symlink(ref)
             return
-        if isinstance(root, FileNode):
-            if root.size <= SMALL_FILE:
-                w.file(root.size, root.executable, [self.small_file(root, root.size)])
+        if kind == FILE:
+            if size <= SMALL_FILE:
+                w.file(size, executable, [self.small_file(name, ref, size)])
             else:
-                self.file(root)
+                self.file(name, ref, size, executable)
             return
-        self.prefetch(root)
-        directory = self.directory(root)
+        self.prefetch(ref)
+        entries = self.entries(name, ref)
         w.directory_start()
         entry_file, small_file = w.entry_file, self.small_file
-        # One iterator over the children per open directory, innermost last; the inner loop runs
+        # One iterator over the entries per open directory, innermost last; the inner loop runs
         # through one directory's files and symlinks until it meets a subdirectory.
-        stack: list[Iterator[AnyNode]] = [directory_nodes(directory)]
+        stack: list[Iterator[Entry]] = [iter(entries)]
         while stack:
-            for child in stack[-1]:
-                kind = type(child)
-                if kind is FileNode:
-                    size = child.size
+            for kind, name, ref, size, executable in stack[-1]:
+                if kind == FILE:
                     if size <= SMALL_FILE:
-                        entry_file(child.name, small_file(child, size), child.executable)
+                        entry_file(name, small_file(name, ref, size), executable)
                     else:
-                        w.entry_start(child.name)
-                        self.file(child)
+                        w.entry_start(name)
+                        self.file(name, ref, size, executable)
                         w.entry_end()
-                elif kind is SymlinkNode:
-                    w.entry_symlink(child.name, child.target)
+                elif kind == SYMLINK:
+                    w.entry_symlink(name, ref)
                 else:
-                    w.entry_start(child.name)
-                    directory = self.directory(child)
+                    w.entry_start(name)
+                    entries = self.entries(name, ref)
                     w.directory_start()
-                    stack.append(directory_nodes(directory))
+                    stack.append(iter(entries))
                     break
             else:
                 stack.pop()
@@ -203,16 +213,16 @@ class _Renderer:
 
 def write_nar(
     sink: Callable[[bytes], object],
-    node: Node | AnyNode,
+    node: Node | AnyNode | Entry,
     blob_service: BlobService,
     directory_service: DirectoryService,
 ) -> None:
     """Write the NAR of ``node`` to ``sink``; the node's own name is not part of a NAR."""
-    _Renderer(NarWriter(sink), blob_service, directory_service).render(root_of(node))
+    _Renderer(NarWriter(sink), blob_service, directory_service).render(root_entry(node))
 
 
 def calculate_nar(
-    node: Node | AnyNode, blob_service: BlobService, directory_service: DirectoryService
+    node: Node | AnyNode | Entry, blob_service: BlobService, directory_service: DirectoryService
 ) -> tuple[int, bytes]:
     """``(nar_size, nar_sha256)`` of ``node``'s NAR, without keeping the NAR."""
     sink = NarHashSink()

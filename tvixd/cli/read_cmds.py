@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from tvixd.blobservice.base import BlobReader, VerifiedBlob
     from tvixd.castore.directory import AnyNode
+    from tvixd.castore.entries import Entry
     from tvixd.proto.pathinfo_pb2 import PathInfo
     from tvixd.store import Store
 
@@ -184,13 +185,30 @@ def _broken_pipe() -> int:
 # --- commands ---------------------------------------------------------------------------------------
 
 
+def _dump_root(store: Store, path: str) -> Entry:
+    """The node ``dump-path`` writes: a whole store path's root read without protobuf
+    (:meth:`PathInfoService.get_root_entry`), a path inside one resolved as ``ls`` does."""
+    from tvixd.castore.entries import node_entry
+    from tvixd.castore.storepath import StorePath
+    from tvixd.errors import NotFound
+
+    path = _canon(path)
+    store_path, rest = StorePath.from_absolute_path_full(path)
+    if rest:
+        return node_entry(_resolve_existing(store, path))
+    entry = store.path_info.get_root_entry(store_path.digest)
+    if entry is None or entry[1] != str(store_path).encode():
+        raise NotFound(f"path '{store_path.absolute()}' is not in the store")
+    return entry
+
+
 def run_dump_path(args: argparse.Namespace) -> int:
     """Stream the NAR of a store path (or a path inside one) to stdout."""
     from tvixd.cli.common import open_store
     from tvixd.nar import write_nar
 
     with open_store(args) as store:
-        node = _resolve_existing(store, args.path)
+        node = _dump_root(store, args.path)
         out = _stdout()
         try:
             write_nar(out.write, node, store.blob, store.directory)  # type: ignore[attr-defined]

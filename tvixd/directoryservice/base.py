@@ -12,10 +12,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from tvixd.blobservice.base import Precommit
 from tvixd.castore.digest import B3Digest
-from tvixd.proto.castore_pb2 import Directory
+
+if TYPE_CHECKING:  # annotations only: a SQLite store's `dump-path` never imports protobuf
+    from tvixd.castore.entries import Entry
+    from tvixd.proto.castore_pb2 import Directory
 
 
 class DirectoryPutter(ABC):
@@ -116,6 +120,16 @@ class DirectoryService(ABC):
         from tvixd.castore.directory import directory_digest
 
         return {directory_digest(d): d for d in self.get_recursive(digest)}
+
+    def get_closure_entries(self, digest: bytes) -> dict[bytes, list[Entry]]:
+        """:meth:`get_closure` with each directory as its entries in NAR order (``tvixd.castore.entries``).
+
+        What the NAR renderer walks. SQLite decodes its canonical rows without protobuf
+        (``tvixd dump-path`` then never imports it); this default converts the messages.
+        """
+        from tvixd.castore.entries import directory_entries
+
+        return {d: directory_entries(directory) for d, directory in self.get_closure(digest).items()}
 
     @abstractmethod
     def put_multiple_start(self) -> DirectoryPutter:

@@ -11,22 +11,30 @@ validated before storing them, so re-validation could only catch a row written
 by something other than a putter, not corruption (and the NAR writer and
 ``traverse`` still refuse invalid names). Decoding plus validating plus
 re-encoding to hash cost ~3x a blake3 of the row (measured per directory of /usr/share/doc).
+
+The NAR renderer reads closures as entry tuples decoded from the rows without protobuf
+(:meth:`SqliteDirectoryService.get_closure_entries`), so protobuf, the putter and the
+traverser are imported where they are used, not with this module.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, TypeVar
 
 import blake3
-from google.protobuf.message import DecodeError
 
 from tvixd.castore.digest import B3Digest
+from tvixd.castore.entries import DIRECTORY, decode_directory, directory_entries
 from tvixd.directoryservice.base import DirectoryPutter, DirectoryService
-from tvixd.directoryservice.putter import ValidatingPutter
-from tvixd.directoryservice.traverse import bfs
 from tvixd.errors import DataLoss, NotFound
-from tvixd.proto.castore_pb2 import Directory
 from tvixd.sqlite import BUSY_TIMEOUT, SqliteDatabase
+
+if TYPE_CHECKING:
+    from tvixd.castore.entries import Entry
+    from tvixd.proto.castore_pb2 import Directory
+
+T = TypeVar("T")
 
 CLOSURE_BATCH = 500
 """Digests per ``IN (...)`` query: well below SQLite's bound on parameters."""
@@ -44,26 +52,58 @@ class SqliteDirectoryService(DirectoryService):
             row = self.db.conn().execute("SELECT data FROM directories WHERE digest = ?", (digest,)).fetchone()
         return None if row is None else self._decode(digest, row[0])
 
-    def _decode(self, digest: B3Digest, data: bytes) -> Directory:
-        """The directory stored under ``digest``, if ``data`` still hashes to it (see the module docstring)."""
+    def _check(self, digest: bytes, data: bytes) -> None:
+        """DataLoss unless the row ``data`` stored under ``digest`` still hashes to it (see the module docstring)."""
         actual = blake3.blake3(data).digest()
         if actual != digest:
-            raise DataLoss(
-                f"stored directory {digest} in {self.db.path} is corrupt: its bytes hash to {B3Digest(actual)}"
-            )
+            where = f"stored directory {B3Digest(digest)} in {self.db.path}"
+            raise DataLoss(f"{where} is corrupt: its bytes hash to {B3Digest(actual)}")
+
+    def _parse(self, digest: bytes, data: bytes) -> Directory:
+        """The checked row ``data`` of ``digest`` as a message (DataLoss if it does not decode)."""
+        from google.protobuf.message import DecodeError
+
+        from tvixd.proto.castore_pb2 import Directory
+
         try:
             return Directory.FromString(data)
         except DecodeError as e:
-            raise DataLoss(f"stored directory {digest} in {self.db.path} is corrupt: {e}") from e
+            raise DataLoss(f"stored directory {B3Digest(digest)} in {self.db.path} is corrupt: {e}") from e
+
+    def _decode(self, digest: bytes, data: bytes) -> Directory:
+        """The directory stored under ``digest``, if ``data`` still hashes to it and decodes."""
+        self._check(digest, data)
+        return self._parse(digest, data)
+
+    def _decode_entries(self, digest: bytes, data: bytes) -> list[Entry]:
+        """The entries of the row ``data`` stored under ``digest``: decoded without protobuf when canonical
+        (as the putter stores every row), through it otherwise."""
+        self._check(digest, data)
+        entries = decode_directory(data)
+        return directory_entries(self._parse(digest, data)) if entries is None else entries
 
     def get_recursive(self, digest: bytes) -> Iterator[Directory]:
+        from tvixd.directoryservice.traverse import bfs
+
         return bfs(self.get, digest)
 
     def get_closure(self, digest: bytes) -> dict[B3Digest, Directory]:
-        """One ``SELECT ... IN`` per tree level (of at most CLOSURE_BATCH digests) instead of one per directory."""
+        return self._closure(digest, self._decode, lambda d: [c.digest for c in d.directories])  # type: ignore[return-value]
+
+    def get_closure_entries(self, digest: bytes) -> dict[bytes, list[Entry]]:
+        return self._closure(digest, self._decode_entries, lambda es: [e[2] for e in es if e[0] == DIRECTORY])
+
+    def _closure(
+        self, digest: bytes, decode: Callable[[bytes, bytes], T], children: Callable[[T], list[bytes]]
+    ) -> dict[bytes, T]:
+        """One ``SELECT ... IN`` per tree level (of at most CLOSURE_BATCH digests) instead of one per directory.
+
+        ``decode(digest, row)`` makes each directory; ``children(directory)`` gives its child digests.
+        Keys are B3Digests (as the contract of ``get_closure`` says).
+        """
         root = B3Digest(digest)
-        found: dict[B3Digest, Directory] = {}
-        level = [root]
+        found: dict[bytes, T] = {}
+        level: list[bytes] = [root]
         while level:
             for i in range(0, len(level), CLOSURE_BATCH):
                 part = level[i : i + CLOSURE_BATCH]
@@ -71,20 +111,21 @@ class SqliteDirectoryService(DirectoryService):
                 with self.db.errors(f"get the closure of directory {root}"):
                     rows = self.db.conn().execute(query, part).fetchall()
                 for key, data in rows:
-                    key = B3Digest(key)
-                    found[key] = self._decode(key, data)
+                    found[B3Digest(key)] = decode(key, data)
             missing = [d for d in level if d not in found]
             if missing:
-                raise NotFound(f"directory {missing[0]} not found (in the closure of {root})")
+                raise NotFound(f"directory {B3Digest(missing[0])} not found (in the closure of {root})")
             below: dict[bytes, None] = {}  # the next level, deduplicated, in order
             for d in level:
-                for child in found[d].directories:
-                    if child.digest not in found:
-                        below[child.digest] = None
-            level = [B3Digest(d) for d in below]
+                for child in children(found[d]):
+                    if child not in found:
+                        below[child] = None
+            level = list(below)
         return found
 
     def put_multiple_start(self) -> DirectoryPutter:
+        from tvixd.directoryservice.putter import ValidatingPutter
+
         return ValidatingPutter(self._commit)
 
     def _commit(self, directories: dict[B3Digest, bytes]) -> None:

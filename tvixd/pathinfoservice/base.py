@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from tvixd.blobservice.base import BlobService
 from tvixd.directoryservice.base import DirectoryService
-from tvixd.proto.pathinfo_pb2 import Node, PathInfo
+
+if TYPE_CHECKING:  # annotations only: a SQLite store's `dump-path` never imports protobuf
+    from tvixd.castore.entries import Entry
+    from tvixd.proto.pathinfo_pb2 import Node, PathInfo
 
 
 class PathInfoService(ABC):
@@ -27,6 +31,19 @@ class PathInfoService(ABC):
 
         A digest that is not 20 bytes raises ``InvalidRequest`` naming the length.
         """
+
+    def get_root_entry(self, digest: bytes) -> Entry | None:
+        """The root node of the PathInfo stored under this 20-byte digest, as an entry
+        (``tvixd.castore.entries``), or ``None``: all that ``dump-path`` needs of it.
+
+        Errors as :meth:`get`. SQLite reads it from the row without protobuf; this default
+        converts the message.
+        """
+        from tvixd.castore.entries import node_entry
+        from tvixd.castore.pathinfo import root_node
+
+        path_info = self.get(digest)
+        return None if path_info is None else node_entry(root_node(path_info))
 
     @abstractmethod
     def put(self, path_info: PathInfo) -> PathInfo:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from tvixd.blobservice.base import BlobService
 from tvixd.castore.digest import B3Digest
-from tvixd.castore.pathinfo import validate_path_info
 from tvixd.directoryservice.base import DirectoryService
 from tvixd.errors import FailedPrecondition, InvalidRequest
-from tvixd.proto.pathinfo_pb2 import Node, PathInfo
+
+if TYPE_CHECKING:  # protobuf where it is used: `dump-path` needs only check_output_digest
+    from tvixd.proto.pathinfo_pb2 import Node, PathInfo
 
 STORE_PATH_DIGEST_LEN = 20
 
@@ -21,6 +24,8 @@ def check_output_digest(digest: bytes) -> bytes:
 
 def validate_stored_path_info(path_info: PathInfo, key: bytes) -> None:
     """Re-check a PathInfo read back from storage: still valid, and stored under its own digest."""
+    from tvixd.castore.pathinfo import validate_path_info
+
     store_path = validate_path_info(path_info)
     if bytes(store_path.digest) != key:
         raise InvalidRequest(f"stored under {key.hex()} but its root node names {store_path}")
@@ -33,6 +38,8 @@ def check_path_info(path_info: PathInfo, blob: BlobService, directory: Directory
     root's content must exist (a directory's closure is complete by the
     directory store's invariant): ``FailedPrecondition`` naming the digest.
     """
+    from tvixd.castore.pathinfo import validate_path_info
+
     store_path = validate_path_info(path_info)
     kind = path_info.node.WhichOneof("node")
     if kind == "directory":
@@ -50,6 +57,8 @@ def check_path_info(path_info: PathInfo, blob: BlobService, directory: Directory
 
 def nar_cache_key(node: Node) -> bytes:
     """The root node's canonical encoding with its name cleared: NARs don't depend on the name."""
+    from tvixd.proto.pathinfo_pb2 import Node
+
     kind = node.WhichOneof("node")
     if kind is None:
         raise InvalidRequest("no root node sent")

@@ -10,10 +10,10 @@ process using the file.
 from __future__ import annotations
 
 from collections.abc import Iterator
-
-from google.protobuf.message import DecodeError
+from typing import TYPE_CHECKING
 
 from tvixd.blobservice.base import BlobService
+from tvixd.castore.entries import decode_root_node
 from tvixd.directoryservice.base import DirectoryService
 from tvixd.errors import DataLoss, InvalidRequest
 from tvixd.pathinfoservice.base import PathInfoService
@@ -23,8 +23,11 @@ from tvixd.pathinfoservice.common import (
     nar_cache_key,
     validate_stored_path_info,
 )
-from tvixd.proto.pathinfo_pb2 import Node, PathInfo
 from tvixd.sqlite import BUSY_TIMEOUT, SqliteDatabase
+
+if TYPE_CHECKING:  # protobuf where it is used: `dump-path` reads the root node without it (get_root_entry)
+    from tvixd.castore.entries import Entry
+    from tvixd.proto.pathinfo_pb2 import Node, PathInfo
 
 LIST_PAGE = 256
 """Rows per query in ``list``: each page is a short read, so a slow consumer holds no snapshot open."""
@@ -44,6 +47,10 @@ class SqlitePathInfoService(PathInfoService):
         self.db = SqliteDatabase(path, busy_timeout)
 
     def _decode(self, key: bytes, data: bytes) -> PathInfo:
+        from google.protobuf.message import DecodeError
+
+        from tvixd.proto.pathinfo_pb2 import PathInfo
+
         try:
             path_info = PathInfo.FromString(data)
             validate_stored_path_info(path_info, key)
@@ -56,6 +63,24 @@ class SqlitePathInfoService(PathInfoService):
         with self.db.errors(f"get PathInfo {key.hex()}"):
             row = self.db.conn().execute("SELECT data FROM path_infos WHERE digest = ?", (key,)).fetchone()
         return None if row is None else self._decode(key, row[0])
+
+    def get_root_entry(self, digest: bytes) -> Entry | None:
+        """The root node read from the row without protobuf, checked as far as it is used: a valid store
+        path name whose digest is the key (else the whole row is decoded and checked, as :meth:`get` does)."""
+        from tvixd.castore.storepath import StorePath, StorePathError
+
+        key = check_output_digest(digest)
+        with self.db.errors(f"get PathInfo {key.hex()}"):
+            row = self.db.conn().execute("SELECT data FROM path_infos WHERE digest = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        entry = decode_root_node(row[0])
+        try:
+            if entry is not None and StorePath.from_basename(entry[1]).digest == key:
+                return entry
+        except StorePathError:
+            pass
+        return super().get_root_entry(key)  # protobuf: DataLoss naming what is wrong, or the entry
 
     def put(self, path_info: PathInfo) -> PathInfo:
         key = check_path_info(path_info, self.blob_service, self.directory_service)

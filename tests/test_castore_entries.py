@@ -1,0 +1,136 @@
+"""tvixd.castore.entries: the protobuf-free decoder agrees with protobuf on canonical bytes and refuses the rest."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+from tests.fixtures import DIRECTORY_B, DIRECTORY_C, DIRECTORY_COMPLICATED, DIRECTORY_WITH_KEEP
+from tvixd.castore.directory import canonical_bytes, directory_nodes
+from tvixd.castore.entries import (
+    DIRECTORY,
+    FILE,
+    SYMLINK,
+    decode_directory,
+    decode_root_node,
+    directory_entries,
+    merge,
+    node_entry,
+)
+from tvixd.proto.castore_pb2 import Directory, DirectoryNode, FileNode, SymlinkNode
+from tvixd.proto.pathinfo_pb2 import NARInfo, Node, PathInfo
+
+
+def random_directory(rng: random.Random) -> Directory:
+    """Names of 1-255 bytes (lengths past one varint byte), sizes from 0 to 2**32-1, long targets, both bits."""
+    names = sorted({rng.randbytes(rng.choice([1, 5, 127, 128, 200, 255])).replace(b"/", b"a").replace(b"\0", b"b")
+                    for _ in range(rng.randrange(0, 12))} - {b".", b".."})  # fmt: skip
+    d = Directory()
+    for name in names:
+        kind, size = rng.randrange(3), rng.choice([0, 1, 127, 128, 300, 2**32 - 1])
+        if kind == 0:
+            d.directories.add(name=name, digest=rng.randbytes(32), size=size)
+        elif kind == 1:
+            d.files.add(name=name, digest=rng.randbytes(32), size=size, executable=rng.random() < 0.5)
+        else:
+            d.symlinks.add(name=name, target=rng.randbytes(rng.choice([0, 1, 127, 128, 4095])))
+    return d
+
+
+@pytest.mark.parametrize(
+    "directory", [Directory(), DIRECTORY_WITH_KEEP, DIRECTORY_B, DIRECTORY_C, DIRECTORY_COMPLICATED]
+)
+def test_fixtures_decode_as_protobuf_does(directory: Directory):
+    assert decode_directory(canonical_bytes(Directory.FromString(directory.SerializeToString()))) == (
+        directory_entries(directory)
+    )
+
+
+def test_random_directories_decode_as_protobuf_does():
+    rng = random.Random(7)
+    for _ in range(300):
+        directory = random_directory(rng)
+        entries = decode_directory(canonical_bytes(directory))
+        assert entries == directory_entries(directory)
+        assert [e[1] for e in entries] == [n.name for n in directory_nodes(directory)]  # NAR order
+
+
+def test_entry_layout():
+    d = Directory(
+        directories=[DirectoryNode(name=b"d", digest=bytes(32), size=3)],
+        files=[FileNode(name=b"f", digest=b"\1" * 32, size=5, executable=True)],
+        symlinks=[SymlinkNode(name=b"s", target=b"/t")],
+    )
+    assert decode_directory(canonical_bytes(d)) == [
+        (DIRECTORY, b"d", bytes(32), 3, False),
+        (FILE, b"f", b"\1" * 32, 5, True),
+        (SYMLINK, b"s", b"/t", 0, False),
+    ]
+
+
+def _with_unknown_field(directory: Directory) -> bytes:
+    return canonical_bytes(directory) + b"\x22\x01x"  # field 4, length-delimited
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _with_unknown_field(DIRECTORY_COMPLICATED),
+        # the files before the directories (valid protobuf, not canonical)
+        canonical_bytes(Directory(files=[FileNode(name=b"f", digest=bytes(32))]))
+        + canonical_bytes(Directory(directories=[DirectoryNode(name=b"d", digest=bytes(32))])),
+        # size written although 0; executable written as 2; digest of 31 bytes; no name
+        b"\x12\x26\x0a\x01f\x12\x20" + bytes(32) + b"\x18\x00",
+        b"\x12\x26\x0a\x01f\x12\x20" + bytes(32) + b"\x20\x02",
+        b"\x12\x23\x0a\x01f\x12\x1f" + bytes(31),
+        b"\x12\x22\x12\x20" + bytes(32),
+        # truncated: a node longer than the message, a length cut short, a varint that never ends
+        canonical_bytes(DIRECTORY_COMPLICATED)[:-3],
+        b"\x12",
+        b"\x12\x80",
+        b"\x12\x05\x0a\x80\x80\x80\x80",
+        # a wire type other than length-delimited, a two-byte tag
+        b"\x08\x01",
+        b"\x82\x01\x00",
+    ],
+)
+def test_anything_but_the_canonical_form_is_left_to_protobuf(data: bytes):
+    assert decode_directory(data) is None
+
+
+def test_root_node_of_a_path_info():
+    file = FileNode(name=b"00000000000000000000000000000000-x", digest=os.urandom(32), size=2**32 - 1, executable=True)
+    for node in (Node(file=file), Node(directory=DirectoryNode(name=b"n", digest=bytes(32), size=2)),
+                 Node(symlink=SymlinkNode(name=b"n", target=b"t" * 300))):  # fmt: skip
+        kind = node.WhichOneof("node")
+        info = PathInfo(node=node, references=[bytes(20)],
+                        narinfo=NARInfo(nar_size=5, nar_sha256=bytes(32), reference_names=["a"]))  # fmt: skip
+        assert decode_root_node(info.SerializeToString(deterministic=True)) == node_entry(getattr(node, kind))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        PathInfo().SerializeToString(),  # no node
+        PathInfo(node=Node()).SerializeToString(),  # an empty Node
+        PathInfo(node=Node(symlink=SymlinkNode(name=b"n"))).SerializeToString() * 2,  # twice: protobuf merges
+        PathInfo(node=Node(symlink=SymlinkNode(name=b"n"))).SerializeToString() + b"\x28\x01",  # a varint field
+    ],
+)
+def test_root_node_left_to_protobuf(data: bytes):
+    assert decode_root_node(data) is None
+
+
+def test_merge_keeps_the_tie_rule_of_directory_nodes():
+    """Invalid input (a name in two lists, unsorted lists) comes out in directory_nodes' order, for the
+    NAR writer to refuse the same way."""
+    d = Directory(
+        directories=[DirectoryNode(name=b"b", digest=bytes(32)), DirectoryNode(name=b"a", digest=bytes(32))],
+        files=[FileNode(name=b"b", digest=bytes(32)), FileNode(name=b"c", digest=bytes(32))],
+        symlinks=[SymlinkNode(name=b"b", target=b"x"), SymlinkNode(name=b"a", target=b"y")],
+    )
+    expected = [node_entry(n) for n in directory_nodes(d)]
+    assert directory_entries(d) == expected
+    assert merge(*([node_entry(n) for n in nodes] for nodes in (d.directories, d.files, d.symlinks))) == expected

@@ -1,0 +1,197 @@
+"""Directory entries as plain tuples, decoded from canonical protobuf bytes without the protobuf library.
+
+Why: ``tvixd dump-path`` on a SQLite store reads only canonical rows (the putter stored
+``canonical_bytes``, and a row is used only if it hashes to its digest), and importing
+``google.protobuf`` costs ~50 ms of its start-up (even with upb, ``descriptor_pool``
+imports the pure-Python ``python_message`` and ``text_format``), a third of what nix takes
+for a whole NAR of /usr/share/doc. Decoding a canonical row here costs about what upb's
+decode plus reading the attributes costs (~0.9 µs per entry, measured on /usr/share/doc).
+
+An entry is ``(kind, name, ref, size, executable)``:
+
+- ``(DIRECTORY, name, digest, size, False)``: a DirectoryNode (``size``: its element count);
+- ``(FILE, name, digest, size, executable)``: a FileNode;
+- ``(SYMLINK, name, target, 0, False)``: a SymlinkNode.
+
+The decoders accept exactly the canonical encoding of SPEC Part B §1.4 (fields in
+order, defaults omitted, no unknown fields) and return ``None`` for anything else,
+so the caller falls back to protobuf, which reads every valid wire form.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from tvixd.castore.directory import AnyNode
+    from tvixd.proto.castore_pb2 import Directory
+
+DIRECTORY, FILE, SYMLINK = 0, 1, 2
+
+Entry = tuple[int, bytes, bytes, int, bool]
+
+_DIGEST_LEN = 32
+_TAG_KIND = {0x0A: DIRECTORY, 0x12: FILE, 0x1A: SYMLINK}
+"""Directory.directories/files/symlinks and Node.directory/file/symlink share field numbers 1, 2, 3."""
+
+
+class _NotCanonical(Exception):
+    """Internal: the bytes are not the canonical encoding (the public functions return None)."""
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    """The varint at ``pos`` and the position after it."""
+    result = shift = 0
+    while True:
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise _NotCanonical
+
+
+def _node(data: bytes, pos: int, stop: int, kind: int) -> Entry:
+    """The node message ``data[pos:stop]`` of ``kind``: name (1), then digest (2) and size (3) and
+    executable (4), or target (2) for a symlink, each present only if not the default."""
+    if pos >= stop or data[pos] != 0x0A:
+        raise _NotCanonical  # a valid node always has a name
+    n, pos = _varint(data, pos + 1)
+    name = data[pos : pos + n]
+    pos += n
+    if kind == SYMLINK:
+        target = b""
+        if pos < stop:
+            if data[pos] != 0x12:
+                raise _NotCanonical
+            n, pos = _varint(data, pos + 1)
+            target = data[pos : pos + n]
+            pos += n
+        if pos != stop or not name:
+            raise _NotCanonical
+        return (SYMLINK, name, target, 0, False)
+    if pos + 2 + _DIGEST_LEN > stop or data[pos] != 0x12 or data[pos + 1] != _DIGEST_LEN:
+        raise _NotCanonical
+    digest = data[pos + 2 : pos + 2 + _DIGEST_LEN]
+    pos += 2 + _DIGEST_LEN
+    size = 0
+    if pos < stop and data[pos] == 0x18:
+        size, pos = _varint(data, pos + 1)
+        if not size:
+            raise _NotCanonical  # a default value is omitted, never written
+    executable = False
+    if kind == FILE and pos < stop and data[pos] == 0x20:
+        if data[pos + 1] != 1:
+            raise _NotCanonical
+        executable = True
+        pos += 2
+    if pos != stop or not name:
+        raise _NotCanonical
+    return (kind, name, digest, size, executable)
+
+
+def _fields(data: bytes) -> Iterable[tuple[int, int, int]]:
+    """``(tag, start, stop)`` of each length-delimited field of a message (else _NotCanonical)."""
+    pos, end = 0, len(data)
+    while pos < end:
+        tag = data[pos]
+        if tag & 0x87 != 2:  # one-byte tags of length-delimited fields only: all that is read (or skipped) here
+            raise _NotCanonical
+        n = data[pos + 1]
+        pos += 2
+        if n & 0x80:
+            n, pos = _varint(data, pos - 1)
+        stop = pos + n
+        if stop > end:
+            raise _NotCanonical
+        yield tag, pos, stop
+        pos = stop
+
+
+def decode_directory(data: bytes) -> list[Entry] | None:
+    """The entries of the canonically encoded Directory ``data``, in NAR order; None if not canonical."""
+    lists: tuple[list[Entry], list[Entry], list[Entry]] = ([], [], [])
+    try:
+        for tag, start, stop in _fields(data):
+            kind = _TAG_KIND.get(tag)
+            if kind is None or (kind < 2 and lists[kind + 1]) or (kind == DIRECTORY and lists[SYMLINK]):
+                raise _NotCanonical  # unknown field, or the lists out of field order
+            lists[kind].append(_node(data, start, stop, kind))
+    except (_NotCanonical, IndexError):
+        return None
+    return merge(*lists)
+
+
+def decode_root_node(path_info: bytes) -> Entry | None:
+    """The root node of the encoded PathInfo ``path_info`` (its field 1, a Node); None if there is
+    not exactly one, in canonical form. The other fields are skipped, not checked."""
+    root = None
+    try:
+        for tag, start, stop in _fields(path_info):
+            if tag != 0x0A:
+                continue
+            if root is not None:
+                raise _NotCanonical  # a repeated message field merges: leave that to protobuf
+            ((kind_tag, node_start, node_stop),) = _fields(path_info[start:stop])
+            kind = _TAG_KIND.get(kind_tag)
+            if kind is None:
+                raise _NotCanonical
+            root = _node(path_info, start + node_start, start + node_stop, kind)
+    except (_NotCanonical, IndexError, ValueError):
+        return None
+    return root
+
+
+def merge(dirs: list[Entry], files: list[Entry], links: list[Entry]) -> list[Entry]:
+    """The three name-sorted lists as one, in ascending bytewise name order (NAR order).
+
+    Same order and tie rule as :func:`tvixd.castore.directory.directory_nodes` (SPEC §5.5),
+    which also keeps invalid input (unsorted lists, a name twice) in a predictable order for
+    the NAR writer to refuse. A directory of one kind of child is that list as it is.
+    """
+    if not files and not links:
+        return dirs
+    if not dirs and not links:
+        return files
+    if not dirs and not files:
+        return links
+    out: list[Entry] = []
+    i = j = k = 0
+    nd, nf, ns = len(dirs), len(files), len(links)
+    while i < nd or j < nf or k < ns:
+        d = dirs[i][1] if i < nd else None
+        f = files[j][1] if j < nf else None
+        s = links[k][1] if k < ns else None
+        if d is not None and (f is None or d < f) and (s is None or d < s):
+            out.append(dirs[i])
+            i += 1
+        elif f is not None and (d is None or d >= f) and (s is None or f < s):
+            out.append(files[j])
+            j += 1
+        else:
+            out.append(links[k])
+            k += 1
+    return out
+
+
+def node_entry(node: AnyNode) -> Entry:
+    """The entry of a protobuf DirectoryNode, FileNode or SymlinkNode (told apart by their fields)."""
+    descriptor = node.DESCRIPTOR
+    if descriptor.name == "SymlinkNode":
+        return (SYMLINK, node.name, node.target, 0, False)
+    if descriptor.name == "FileNode":
+        return (FILE, node.name, node.digest, node.size, node.executable)
+    return (DIRECTORY, node.name, node.digest, node.size, False)
+
+
+def directory_entries(directory: Directory) -> list[Entry]:
+    """The entries of a protobuf Directory, in NAR order (for backends that hand out messages)."""
+    return merge(
+        [(DIRECTORY, d.name, d.digest, d.size, False) for d in directory.directories],
+        [(FILE, f.name, f.digest, f.size, f.executable) for f in directory.files],
+        [(SYMLINK, s.name, s.target, 0, False) for s in directory.symlinks],
+    )
