@@ -91,13 +91,17 @@ def test_fs_batch_writers_from_many_threads(tmp_path):
     assert os.listdir(tmp_path / "blobs" / "tmp") == []
 
 
-def _put_calls(daemon) -> int:
-    events = daemon.events()
-    return sum(1 for e in events if e.get("event") == "rpc" and e.get("method") == "/tvix.store.v1.BlobService/Put")
+PUT = "/tvix.store.v1.BlobService/Put"
+PUT_BLOBS = "/tvixd.v1.BlobBatchService/PutBlobs"
+
+
+def _calls(daemon, method: str) -> list[dict]:
+    """The access-log lines of ``method`` calls (stop the daemon first: then every line is written)."""
+    return [e for e in daemon.events() if e.get("event") == "rpc" and e.get("method") == method]
 
 
 def test_grpc_batch_uploads_identical_blobs_once(tmp_path):
-    """Duplicates in one batch cost no second Put; blobs of several chunks still stream (and count)."""
+    """Duplicates in one batch are sent once; small blobs share one PutBlobs call, big ones stream by Put."""
     big = os.urandom(3 * (1 << 20) + 5)  # four BlobChunks: the streaming path
     blobs = [b"same", b"other", b"same", b"", b"", big, b"same"]
     with start_daemon(tmp_path) as daemon:
@@ -117,7 +121,11 @@ def test_grpc_batch_uploads_identical_blobs_once(tmp_path):
                 assert reader.read() == data
         service.close()
         assert daemon.stop() == 0  # every access-log line is written by now
-        assert _put_calls(daemon) == 4  # "same", "other", the empty blob, the big one
+        [put_blobs] = _calls(daemon, PUT_BLOBS)
+        assert put_blobs["code"] == "OK"
+        assert put_blobs["bytes_in"] == 2 + len(b"same") + 2 + len(b"other") + 2  # "same", "other", the empty blob
+        [put] = _calls(daemon, PUT)  # the big one
+        assert put["messages_in"] == 4
 
 
 def test_grpc_batch_reports_a_failed_upload_at_commit(tmp_path):
@@ -147,16 +155,19 @@ def test_grpc_batch_raises_a_failed_upload_before_commit(tmp_path, monkeypatch):
     """Once an upload failed, the next close() raises it: an import stops early instead of reading on."""
     import tvixd.blobservice.grpc as grpc_blobs
 
-    monkeypatch.setattr(grpc_blobs, "BATCH_INFLIGHT", 1)  # the second close waits for the first upload to end
+    monkeypatch.setattr(grpc_blobs, "BATCH_CALLS", 1)  # sending a call waits for the one before to end
+    monkeypatch.setattr(grpc_blobs, "BATCH_MESSAGE_BYTES", 100_004)  # one 100 kB blob per call
     with start_daemon(tmp_path, "--max-message-size", "64KiB") as daemon:
         service = from_addr(daemon.addr)
         batch = service.batch()
-        for data in (os.urandom(100_000), b"second"):  # the first is refused
+        blobs = [os.urandom(100_000) for _ in range(4)]  # each refused: a call over the daemon's limit
+        for data in blobs[:3]:
+            # 1: packed; 2: sends call 1; 3: sends call 2 once call 1 has ended (failed)
             w = batch.open_write()
             w.write(data)
             w.close()
         w = batch.open_write()
-        w.write(b"third")
+        w.write(blobs[3])
         with pytest.raises(errors.ResourceExhausted, match="max_message_size=65536"):
             w.close()
         batch.abort()

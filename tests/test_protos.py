@@ -50,3 +50,19 @@ def test_descriptor_names_match_the_reference():
     assert rpc_pathinfo_pb2.DESCRIPTOR.services_by_name["PathInfoService"].methods_by_name[
         "CalculateNAR"
     ].input_type.full_name == "tvix.store.v1.Node"
+
+
+def test_tvixd_extension_lives_in_its_own_package():
+    """tvixd's batch upload service is ours: package tvixd.v1, not a change to tvix.store.v1."""
+    from tvixd.proto import blob_batch_pb2, rpc_blobstore_pb2
+
+    assert blob_batch_pb2.DESCRIPTOR.name == "tvixd/v1/blob_batch.proto"
+    assert blob_batch_pb2.DESCRIPTOR.package == "tvixd.v1"
+    assert list(blob_batch_pb2.DESCRIPTOR.dependencies) == []
+    service = blob_batch_pb2.DESCRIPTOR.services_by_name["BlobBatchService"]
+    assert [(m.name, m.client_streaming, m.server_streaming) for m in service.methods] == [("PutBlobs", True, False)]
+    assert service.methods_by_name["PutBlobs"].input_type.full_name == "tvixd.v1.PutBlobsRequest"
+    assert service.methods_by_name["PutBlobs"].output_type.full_name == "tvixd.v1.PutBlobsResponse"
+    # A non-empty encoded BlobChunk is exactly one PutBlobsRequest.blobs entry (the client relies on it).
+    chunk = rpc_blobstore_pb2.BlobChunk(data=b"abc").SerializeToString()
+    assert blob_batch_pb2.PutBlobsRequest.FromString(chunk * 2).blobs == [b"abc", b"abc"]

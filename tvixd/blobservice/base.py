@@ -120,13 +120,18 @@ class BlobBatch:
       durable) until ``commit()``.
     - ``commit()`` makes every blob whose writer was closed before the call durable
       and visible; the batch can be used and committed again afterwards.
+      ``commit(precommit)`` calls ``precommit`` once, after those blobs are durable and
+      before any of them becomes visible where the backend defers visibility; if it
+      raises, they are discarded (as by ``abort``) and the exception propagates. The
+      gRPC server's PutBlobs uses it to commit only if the client did not go away.
     - ``abort()`` discards the blobs not committed yet: they never become visible.
       A crash before ``commit()`` leaves nothing visible of them either.
     - Writers of one batch may be used from several threads at once; ``commit`` and
       ``abort`` are called by the batch's owner.
 
-    This default commits each blob when its writer closes (``commit``/``abort`` have
-    nothing to do), which is correct for every backend.
+    This default commits each blob when its writer closes (``commit`` only runs the
+    precommit check, ``abort`` has nothing to do), which is correct for every backend:
+    a blob becomes visible only whole and verified, just earlier.
     """
 
     closes_wait: bool = True
@@ -141,8 +146,10 @@ class BlobBatch:
         """A writer whose blob becomes visible at the latest at ``commit()``."""
         return self.service.open_write()
 
-    def commit(self) -> None:
-        """Make every blob closed so far durable and visible."""
+    def commit(self, precommit: Precommit | None = None) -> None:
+        """Make every blob closed so far durable and visible (``precommit``: see the class docstring)."""
+        if precommit is not None:
+            precommit()
 
     def abort(self) -> None:
         """Discard blobs not committed yet."""

@@ -505,6 +505,8 @@ class _FsBlobWriter(BlobWriter):
             if os.path.exists(final):
                 if self._batch is None:
                     service._sync_dir_of(final)  # its writer may have named it and not yet made that durable
+                else:
+                    self._batch._found(final)  # the same, at commit
                 if precommit is not None:
                     precommit()
                 self.abort()  # already stored: not rewritten
@@ -599,6 +601,7 @@ class FsBlobBatch(BlobBatch):
         self._lock = threading.Lock()
         self._pending: list[tuple[str | int, str]] = []  # (temp file path or anonymous fd, final path)
         self._fds = 0  # anonymous temp files held open until commit
+        self._existing: set[str] = set()  # fan-out directories of blobs found stored (see _found)
 
     def open_write(self) -> BlobWriter:
         return _FsBlobWriter(self._fs, batch=self)
@@ -619,12 +622,28 @@ class FsBlobBatch(BlobBatch):
         with self._lock:
             self._pending.append((source, final))
 
-    def commit(self) -> None:
+    def _found(self, final: str) -> None:
+        """A writer found its blob stored already: its name must be durable by ``commit``'s end too."""
+        with self._lock:
+            self._existing.add(os.path.dirname(final))
+
+    def commit(self, precommit: Precommit | None = None) -> None:
         with self._lock:
             pending, self._pending = self._pending, []
-        if not pending:
-            return
+            existing, self._existing = self._existing, set()
         fs = self._fs
+        if not pending:
+            # Blobs found stored may have been named by a writer that has not made the name durable yet.
+            try:
+                if fs.group is not None and existing:
+                    fs.group.wait()
+                else:
+                    _fsync_dirs(existing)
+            except OSError as e:
+                raise _os_error(e, "sync the blob directory", fs.root) from e
+            if precommit is not None:
+                precommit()
+            return
         done = 0
         try:
             if fs.group is not None:
@@ -632,7 +651,9 @@ class FsBlobBatch(BlobBatch):
             else:
                 for source, _ in pending:
                     _fsync_source(source)
-            fan_outs = {fs.root}
+            if precommit is not None:
+                precommit()  # raising: the except below discards every blob
+            fan_outs = {fs.root} | existing
             for source, final in pending:
                 fs._place(source, final)  # a duplicate in the batch replaces (or is) identical bytes
                 done += 1
@@ -647,6 +668,9 @@ class FsBlobBatch(BlobBatch):
         except OSError as e:
             self._discard(pending[done:])
             raise _os_error(e, "commit blobs in", fs.root) from e
+        except BaseException:
+            self._discard(pending[done:])
+            raise
 
     def abort(self) -> None:
         with self._lock:

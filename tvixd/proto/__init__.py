@@ -1,1 +1,1 @@
-"""Generated protobuf and gRPC modules of package tvix.store.v1 (see protos/generate.py)."""
+"""Generated protobuf and gRPC code of tvix.store.v1 and tvixd.v1 (see protos/generate.py)."""

@@ -85,6 +85,8 @@ class SharedChannel:
         self._channel: grpc.Channel | None = None
         self._users = 0
         self._lock = threading.Lock()
+        self.blob_batch = True
+        """Whether the server has tvixd's BlobBatchService: assumed until it answers UNIMPLEMENTED."""
 
     @classmethod
     def acquire(cls, url: str) -> SharedChannel:
