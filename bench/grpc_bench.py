@@ -688,10 +688,11 @@ def main() -> None:
         "",
         markdown_table(["what", "tvixd", "reference (same run)", "ratio", "goal"], rows),
         "",
-        "Import through the daemon costs one client-streaming Put call per file (the protocol has no "
-        "batch upload); grpcio's sync stack manages only a few hundred such calls per second on this "
-        "machine even against the bare sink (row \"small Blob Puts\"), which bounds an import of "
-        "thousands of small files. The embedded import writes blobs in-process with one filesystem sync.",
+        "A Put call per file would bound an import of thousands of small files: grpcio's sync stack manages "
+        "only a few hundred such calls per second on this machine even against the bare sink (row \"small "
+        "Blob Puts\"). So `tvixd import` through a daemon packs files of up to 1 MiB into tvixd's own "
+        "BlobBatchService/PutBlobs calls (~1 MiB each; protos/tvixd/v1/blob_batch.proto) and streams only "
+        "larger ones through Put. The embedded import writes blobs in-process with one filesystem sync.",
         "",
         f"Stat with 8 client processes on {os.cpu_count()} cores: by Little's law the mean latency is at least "
         f"clients / throughput = {bare_stat8['littles_ms']:.1f} ms for the bare grpcio server and "

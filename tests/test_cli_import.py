@@ -234,7 +234,10 @@ def test_import_through_daemon_uploads_each_distinct_blob_once(tmp_path):
         assert proc.stdout == embedded.stdout
         assert daemon.stop() == 0  # all access-log lines written
     puts = [e for e in daemon.events() if e.get("method") == "/tvix.store.v1.BlobService/Put"]
-    assert len(puts) == 4  # "same bytes", "", other, big
+    assert len(puts) == 1  # big
+    batched = [e for e in daemon.events() if e.get("method") == "/tvixd.v1.BlobBatchService/PutBlobs"]
+    # "same bytes\n", "", other: each once, as a PutBlobsRequest.blobs entry (tag, length, bytes)
+    assert sum(e["bytes_in"] for e in batched) == (2 + 11) + 2 + (3 + 5000)
 
 
 def test_failed_upload_through_daemon_fails_only_its_path(tmp_path):

@@ -42,6 +42,7 @@ def test_list_services(daemon):
         "tvix.store.v1.BlobService",
         "tvix.store.v1.DirectoryService",
         "tvix.store.v1.PathInfoService",
+        "tvixd.v1.BlobBatchService",  # tvixd's extension (protos/tvixd/v1/blob_batch.proto)
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     }
@@ -54,6 +55,9 @@ def test_describe(daemon):
     r = grpcurl(daemon.target, "describe", "tvix.store.v1.BlobService.Put")
     assert r.returncode == 0, r.stderr
     assert "rpc Put ( stream .tvix.store.v1.BlobChunk ) returns ( .tvix.store.v1.PutBlobResponse )" in r.stdout
+    r = grpcurl(daemon.target, "describe", "tvixd.v1.BlobBatchService.PutBlobs")
+    assert r.returncode == 0, r.stderr
+    assert "rpc PutBlobs ( stream .tvixd.v1.PutBlobsRequest ) returns ( .tvixd.v1.PutBlobsResponse )" in r.stdout
     r = grpcurl(daemon.target, "describe", "tvix.store.v1.PathInfo")
     assert r.returncode == 0, r.stderr
     assert ".tvix.store.v1.Node node = 1;" in r.stdout and "repeated bytes references = 2;" in r.stdout
@@ -71,6 +75,15 @@ def test_stat_put_read(daemon):
     assert json.loads(stat.stdout) == {"chunks": [{"digest": X86_DIGEST, "size": 12}]}
     read = grpcurl(daemon.target, "tvix.store.v1.BlobService/Read", data={"digest": X86_DIGEST})
     assert json.loads(read.stdout) == {"data": payload}
+
+
+def test_put_blobs(daemon):
+    """tvixd's batch upload through reflection, as the README shows it."""
+    payload = base64.b64encode(b"x86_64-linux").decode()
+    put = grpcurl(daemon.target, "tvixd.v1.BlobBatchService/PutBlobs", data={"blobs": [payload, ""]})
+    assert put.returncode == 0, put.stderr
+    empty = base64.b64encode(bytes.fromhex("af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262")).decode()
+    assert json.loads(put.stdout) == {"digests": [X86_DIGEST, empty]}
 
 
 def test_health_check(daemon):
