@@ -265,22 +265,6 @@ def area_startup(cfg: Config) -> tuple[list[Row], str]:
     return rows, notes
 
 
-def calc_nar_main(state: str) -> None:
-    """(subprocess) NAR size and sha256 of the one path in the embedded store at ``state``, rendered afresh.
-
-    Uses tvixd.nar.calculate_nar (the renderer), not PathInfoService.calculate_nar, which may
-    answer from its cache.
-    """
-    from tvixd.castore.pathinfo import root_node
-    from tvixd.nar import calculate_nar
-    from tvixd.store import Store, StoreAddrs
-
-    with Store.open(StoreAddrs.embedded(Path(state))) as store:
-        (info,) = list(store.path_info.list())
-        size, sha = calculate_nar(root_node(info), store.blob, store.directory)
-    print(size, sha.hex())
-
-
 def _import_case(cfg: Config, label: str, tree: Path, runs: int, env_nix: dict[str, str]) -> list[Row]:
     """import / re-import / dump-path (bench/import_bench.py compare) and NAR calculation of one tree."""
     from bench.import_bench import _rmtree, compare, interleaved, store_flags
@@ -302,7 +286,7 @@ def _import_case(cfg: Config, label: str, tree: Path, runs: int, env_nix: dict[s
     # NAR calculation over the import compare() left in work/state (import it if it did not).
     state = work / "state"
     env = tvixd_env()
-    calc = [sys.executable, "-m", "bench.runner", "--calc-nar", str(state)]
+    calc = [sys.executable, "-m", "bench.calc_nar", str(state)]
     try:
         first = subprocess.run(calc, env=env, capture_output=True, text=True, check=True).stdout.split()
     except subprocess.CalledProcessError:
@@ -685,11 +669,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work-dir", default=None, help="parent of the scratch directory (default $TMPDIR)")
     ap.add_argument("--small-files", type=int, default=None, help="size of the generated small-file tree")
     ap.add_argument("--big-mib", type=int, default=None, help="size of the big file (import)")
-    ap.add_argument("--calc-nar", metavar="STATE", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.calc_nar:
-        calc_nar_main(args.calc_nar)
-        return 0
     areas = [a.strip() for a in args.only.split(",") if a.strip()] or list(AREAS)
     unknown = [a for a in areas if a not in AREAS]
     if unknown:
