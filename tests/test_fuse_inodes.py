@@ -11,7 +11,7 @@ from tests.fixtures import (
     DIRECTORY_WITH_KEEP_DIGEST,
     EMPTY_DIGEST,
 )
-from tvixd.fuse.inodes import ROOT_INO, DirectoryData, FileData, InodeTracker, SymlinkData
+from tvixd.fuse.inodes import ROOT_INO, DirectoryData, InodeTracker
 from tvixd.proto.castore_pb2 import DirectoryNode, FileNode, SymlinkNode
 
 
@@ -22,11 +22,18 @@ def test_get_nonexistent() -> None:
     assert tracker.get(-1) is None
 
 
+def file_data(tracker: InodeTracker, ino: int) -> tuple[bytes, int, bool]:
+    """What the tracker knows of file inode ``ino``: (digest, size, executable)."""
+    data = tracker.get(ino)
+    assert isinstance(data, FileNode)
+    return data.digest, data.size, data.executable
+
+
 def test_put_regular() -> None:
     tracker = InodeTracker()
     ino = tracker.put_node(FileNode(name=b"a", digest=BLOB_A_DIGEST, size=2))
     assert ino == 2
-    assert tracker.get(ino) == FileData(BLOB_A_DIGEST, 2, False)
+    assert file_data(tracker, ino) == (BLOB_A_DIGEST, 2, False)
     # Same content under another name: same inode.
     assert tracker.put_node(FileNode(name=b"b", digest=BLOB_A_DIGEST, size=2)) == ino
     other = tracker.put_node(FileNode(name=b"a", digest=BLOB_B_DIGEST, size=len(BLOB_B_DIGEST)))
@@ -38,15 +45,16 @@ def test_executable_bit_is_part_of_the_file_key() -> None:
     plain = tracker.put_node(FileNode(name=b"a", digest=BLOB_A_DIGEST, size=2))
     exe = tracker.put_node(FileNode(name=b"a", digest=BLOB_A_DIGEST, size=2, executable=True))
     assert plain != exe
-    assert tracker.get(plain) == FileData(BLOB_A_DIGEST, 2, False)
-    assert tracker.get(exe) == FileData(BLOB_A_DIGEST, 2, True)
+    assert file_data(tracker, plain) == (BLOB_A_DIGEST, 2, False)
+    assert file_data(tracker, exe) == (BLOB_A_DIGEST, 2, True)
     assert tracker.put_node(FileNode(name=b"z", digest=BLOB_A_DIGEST, size=2, executable=True)) == exe
 
 
 def test_put_symlink() -> None:
     tracker = InodeTracker()
     ino = tracker.put_node(SymlinkNode(name=b"a", target=b"target"))
-    assert tracker.get(ino) == SymlinkData(b"target")
+    data = tracker.get(ino)
+    assert isinstance(data, SymlinkNode) and data.target == b"target"
     assert tracker.put_node(SymlinkNode(name=b"b", target=b"target")) == ino
     assert tracker.put_node(SymlinkNode(name=b"a", target=b"target2")) != ino
 
@@ -72,7 +80,7 @@ def test_put_directory_leaf() -> None:
     child_ino, child = data.children[0]
     assert child_ino != ino
     assert child.name == b".keep"
-    assert tracker.get(child_ino) == FileData(EMPTY_DIGEST, 0, False)
+    assert file_data(tracker, child_ino) == (EMPTY_DIGEST, 0, False)
     # A directory never seen before gets its children's numbers first.
     assert child_ino < ino
 
@@ -85,8 +93,9 @@ def test_put_directory_complicated() -> None:
     assert [bytes(node.name) for _, node in data.children] == [b".keep", b"aa", b"keep"]
     inos = [child_ino for child_ino, _ in data.children]
     assert len(set(inos)) == 3 and ino not in inos
-    assert isinstance(tracker.get(inos[0]), FileData)
-    assert tracker.get(inos[1]) == SymlinkData(b"/nix/store/somewhereelse")
+    assert isinstance(tracker.get(inos[0]), FileNode)
+    link = tracker.get(inos[1])
+    assert isinstance(link, SymlinkNode) and link.target == b"/nix/store/somewhereelse"
     keep = tracker.get(inos[2])
     assert isinstance(keep, DirectoryData)
     assert not keep.populated and keep.digest == DIRECTORY_WITH_KEEP_DIGEST and keep.size == 1
@@ -97,7 +106,7 @@ def test_put_directory_complicated() -> None:
     assert keep.children is not None and [bytes(n.name) for _, n in keep.children] == [b".keep"]
     # The .keep file inside shares the inode of the outer .keep (same content).
     assert keep.children[0][0] == inos[0]
-    assert keep.index == {b".keep": 0}
+    assert keep.child(b".keep") == inos[0] and keep.child(b"aa") is None
 
 
 def test_put_populated_twice_is_a_noop() -> None:

@@ -144,15 +144,15 @@ class Wire:
         self.sock = sock
         self.unique = 0
 
-    def send(self, opcode: int, nodeid: int = ROOT_INO, body: bytes = b"") -> int:
+    def send(self, opcode: int, nodeid: int = ROOT_INO, body: bytes = b"", pid: int = 1) -> int:
         self.unique += 2
-        self.sock.send(kernel.IN_HEADER.pack(kernel.IN_HEADER_SIZE + len(body), opcode, self.unique, nodeid, 0, 0, 1,
+        self.sock.send(kernel.IN_HEADER.pack(kernel.IN_HEADER_SIZE + len(body), opcode, self.unique, nodeid, 0, 0, pid,
                                              0, 0) + body)  # fmt: skip
         return self.unique
 
-    def call(self, opcode: int, nodeid: int = ROOT_INO, body: bytes = b"") -> tuple[int, bytes]:
-        """Send one request; (errno, payload) of its reply."""
-        unique = self.send(opcode, nodeid, body)
+    def call(self, opcode: int, nodeid: int = ROOT_INO, body: bytes = b"", pid: int = 1) -> tuple[int, bytes]:
+        """Send one request (as thread ``pid``); (errno, payload) of its reply."""
+        unique = self.send(opcode, nodeid, body, pid)
         reply = self.sock.recv(1 << 20)
         length, error, got = kernel.OUT_HEADER.unpack_from(reply)
         assert got == unique and length == len(reply)
@@ -243,3 +243,62 @@ def test_a_blocked_request_does_not_stall_the_others() -> None:
         theirs.close()
         session.join(timeout=10)
         ours.close()
+
+
+def parse_listing(payload: bytes, plus: bool) -> list[tuple[bytes, int, int, int, tuple[Any, ...] | None]]:
+    """READDIR(PLUS) records: (name, dirent ino, next offset, type, fuse_entry_out fields or None)."""
+    out = []
+    pos = 0
+    while pos < len(payload):
+        entry = None
+        if plus:
+            entry = kernel.ENTRY_OUT.unpack_from(payload, pos)
+            pos += kernel.ENTRY_OUT.size
+        ino, off, namelen, dtype = kernel.DIRENT.unpack_from(payload, pos)
+        pos += kernel.DIRENT.size
+        out.append((payload[pos : pos + namelen], ino, off, dtype, entry))
+        pos += (namelen + 7) & ~7
+    return out
+
+
+def test_listings_carry_file_attributes_for_processes_that_look_files_up(wire: Wire) -> None:
+    """READDIRPLUS gives attributes for subdirectories only, until the reading process looks up a file:
+    records with node id 0 make the kernel add name and type alone (no inode per file for `find`)."""
+    find, ls = 100, 200
+    e, out = wire.call(kernel.LOOKUP, ROOT_INO, DIR_COMPLICATED.encode() + b"\0", pid=find)
+    assert e == 0
+    d = struct.unpack_from("<Q", out)[0]
+    args = kernel.READ_IN.pack(0, 0, 4096, 0) + bytes(16)
+
+    def listing(pid: int) -> list[tuple[bytes, int, int, int, tuple[Any, ...] | None]]:
+        e, out = wire.call(kernel.READDIRPLUS, d, args, pid=pid)
+        assert e == 0
+        return parse_listing(out, plus=True)
+
+    lean = listing(find)
+    expected = [(b".keep", 1, 8), (b"aa", 2, 10), (b"keep", 3, 4)]  # next offsets, DT_REG / DT_LNK / DT_DIR
+    assert [(name, off, dtype) for name, _, off, dtype, _ in lean] == expected
+    assert [entry[0] if entry else None for *_, entry in lean] == [0, 0, lean[2][1]]  # node ids: only the directory's
+    # The directory's attributes are those a LOOKUP gives; file inode numbers are the real ones too.
+    by_lookup = {}
+    for name, ino, *_ in lean:
+        e, out = wire.call(kernel.LOOKUP, d, name + b"\0", pid=find)
+        assert e == 0 and struct.unpack_from("<Q", out)[0] == ino
+        by_lookup[name] = kernel.ENTRY_OUT.unpack(out)
+    assert lean[2][4] == by_lookup[b"keep"]
+    # `find` looked up a file: from now on its listings are full. Another process still gets lean ones.
+    full = listing(find)
+    assert [(name, ino, off, dtype) for name, ino, off, dtype, _ in full] == [r[:4] for r in lean]
+    assert [entry for *_, entry in full] == [by_lookup[name] for name, *_ in full]
+    assert listing(ls) == lean
+    # Continuations and the end of the listing; a buffer holds whole records only.
+    e, out = wire.call(kernel.READDIRPLUS, d, kernel.READ_IN.pack(0, 1, 4096, 0) + bytes(16), pid=ls)
+    assert parse_listing(out, plus=True) == lean[1:]
+    e, out = wire.call(kernel.READDIRPLUS, d, kernel.READ_IN.pack(0, 3, 4096, 0) + bytes(16), pid=ls)
+    assert (e, out) == (0, b"")
+    one = kernel.ENTRY_OUT.size + kernel.DIRENT.size + 8
+    e, out = wire.call(kernel.READDIRPLUS, d, kernel.READ_IN.pack(0, 0, 2 * one - 1, 0) + bytes(16), pid=ls)
+    assert parse_listing(out, plus=True) == lean[:1]
+    # Plain READDIR: the same names, offsets and inode numbers.
+    e, out = wire.call(kernel.READDIR, d, args, pid=ls)
+    assert [r[:4] for r in parse_listing(out, plus=False)] == [r[:4] for r in lean]

@@ -51,9 +51,10 @@ from tvixd.castore.digest import B3Digest
 from tvixd.castore.directory import AnyNode
 from tvixd.errors import DataLoss
 from tvixd.fuse import kernel
-from tvixd.fuse.inodes import ROOT_INO, DirectoryData, FileData, InodeData, InodeTracker, SymlinkData
+from tvixd.fuse.inodes import ROOT_INO, DirectoryData, InodeData, InodeTracker
 from tvixd.fuse.kernel import FuseError
-from tvixd.proto.castore_pb2 import Directory, DirectoryNode, FileNode, SymlinkNode
+from tvixd.fuse.listing import DTYPE, FULL, LEAN, PLAIN, FileStatters, Listing, pack_listing, request_pid
+from tvixd.proto.castore_pb2 import Directory, FileNode, SymlinkNode
 from tvixd.store import Store
 
 log = structlog.get_logger("tvixd.fuse")
@@ -85,10 +86,6 @@ reopening a big file (an exec, a second `cat`) then needs no second whole-file v
 ROOT_SNAPSHOTS = 16
 """Root listings kept for readdir continuations (the kernel sends no OPENDIR, so offsets name the snapshot)."""
 
-DT_DIR, DT_REG, DT_LNK = 4, 8, 10
-DTYPE = {DirectoryNode: DT_DIR, FileNode: DT_REG, SymlinkNode: DT_LNK}
-_DIRENTPLUS = struct.Struct(kernel.ENTRY_OUT.format + kernel.DIRENT.format[1:])
-"""A ``fuse_direntplus`` without its name: ``fuse_entry_out`` then ``fuse_dirent``."""
 _FILE_MODE = {False: stat.S_IFREG | 0o444, True: stat.S_IFREG | 0o555}
 
 _T = TypeVar("_T")
@@ -203,7 +200,8 @@ class StoreFS:
         self._fhs = itertools.count(1)
         self._entries: dict[int, bytes] = {}
         self._attr_outs: dict[int, bytes] = {}
-        self._listings: dict[int, list[bytes]] = {}
+        self._listings: tuple[dict[int, Listing], ...] = ({}, {}, {})  # by kind: PLAIN, LEAN, FULL
+        self.statters = FileStatters()
         self._roots: OrderedDict[int, list[tuple[int, AnyNode]]] = OrderedDict()
         self._root_gen = itertools.count(1)
         self._backings: dict[int, _Backing] = {}
@@ -216,9 +214,10 @@ class StoreFS:
         if data is None:
             return ino, 0, 0, stat.S_IFDIR | 0o555, BLKSIZE
         kind = type(data)
-        if kind is FileData:
-            return ino, data.size, (data.size + 511) // 512, _FILE_MODE[data.executable], BLKSIZE  # type: ignore[union-attr]
-        if kind is SymlinkData:
+        if kind is FileNode:
+            size = data.size  # type: ignore[union-attr]
+            return ino, size, (size + 511) // 512, _FILE_MODE[data.executable], BLKSIZE  # type: ignore[union-attr]
+        if kind is SymlinkNode:
             # Linux ignores a symlink's mode (readlink needs no permission, and diff/tar/rsync do not
             # compare it), so we keep the reference's 0o444 rather than the conventional 0o777.
             return ino, len(data.target), 0, stat.S_IFLNK | 0o444, BLKSIZE  # type: ignore[union-attr]
@@ -295,11 +294,10 @@ class StoreFS:
         if parent == ROOT_INO:
             return self._lookup_store_path(name)
         data = self._populated(self._data(parent))
-        assert data.children is not None
-        i = data.index.get(name)
-        if i is None:
+        ino = data.child(name)
+        if ino is None:
             raise FuseError(errno.ENOENT)
-        return data.children[i][0]
+        return ino
 
     def _lookup_store_path(self, name: bytes) -> int:
         """The inode of the store path ``name`` (a basename), asking the PathInfoService the first time."""
@@ -333,55 +331,30 @@ class StoreFS:
         if ino == ROOT_INO:
             raise FuseError(errno.EINVAL)
         data = self._data(ino)
-        if not isinstance(data, SymlinkData):
+        if not isinstance(data, SymlinkNode):
             raise FuseError(errno.EINVAL)
         return data.target
 
-    def readdir(self, ino: int, offset: int, size: int, *, plus: bool = True) -> list[bytes]:
-        """Packed entries (``fuse_direntplus``, or ``fuse_dirent``) from ``offset`` on, at most ``size`` bytes.
+    def readdir(self, ino: int, offset: int, size: int, *, plus: bool = True, pid: int = 0) -> memoryview | list[bytes]:
+        """Packed records (``fuse_direntplus``, or ``fuse_dirent``) from ``offset`` on, at most ``size`` bytes.
 
         Offsets: entry i of a directory's immutable, merged child list has next-offset i + 1. No
-        `.`/`..` entries, as in the reference. The kernel sends no OPENDIR (FUSE_NO_OPENDIR_SUPPORT), so
-        the root's listing snapshot is named by the offsets themselves (see :meth:`_root_entries`).
+        `.`/`..` entries, as in the reference. READDIRPLUS records carry every entry's attributes only
+        for a process (``pid``) that looks up files (see :mod:`tvixd.fuse.listing`). The kernel sends
+        no OPENDIR (FUSE_NO_OPENDIR_SUPPORT), so the root's listing snapshot is named by the offsets
+        themselves (see :meth:`_readdir_root`).
         """
         if ino == ROOT_INO:
             if not self.list_root:
                 raise FuseError(errno.EPERM)
             return self._readdir_root(offset, size, plus)
-        if plus:
-            records = self._listings.get(ino)
-            if records is None:
-                records = self._listings[ino] = self._pack_listing(ino)
-        else:
+        kind = (FULL if pid in self.statters else LEAN) if plus else PLAIN
+        listing = self._listings[kind].get(ino)
+        if listing is None:
             data = self._populated(self._data(ino))
             assert data.children is not None
-            records = [kernel.pack_dirent(c, i + 1, n.name, DTYPE[type(n)]) for i, (c, n) in enumerate(data.children)]
-        out: list[bytes] = []
-        used = 0
-        for i in range(offset, len(records)):
-            r = records[i]
-            used += len(r)
-            if used > size:
-                break
-            out.append(r)
-        return out
-
-    def _pack_listing(self, ino: int) -> list[bytes]:
-        """All readdirplus records of a directory, packed once (its entries and their attributes never change).
-
-        A tree's first `find` packs one record per entry, so this loop is kept tight: one struct pack
-        per record (``fuse_entry_out`` + ``fuse_dirent``), attributes as :meth:`_attr` gives them.
-        """
-        data = self._populated(self._data(ino))
-        assert data.children is not None
-        attr, pack, padding, datas = self._attr, _DIRENTPLUS.pack, kernel.PADDING, self.inodes.get
-        out = []
-        for i, (c, n) in enumerate(data.children):
-            name = n.name
-            c, size, blocks, mode, blksize = attr(c, datas(c))
-            out.append(pack(c, 1, TTL, TTL, 0, 0, c, size, blocks, 0, 0, 0, 0, 0, 0, mode, 1, 0, 0, 0, blksize, 0,
-                            c, i + 1, len(name), DTYPE[type(n)]) + name + padding[len(name) & 7])  # fmt: skip
-        return out
+            listing = self._listings[kind][ino] = pack_listing(data.children, kind, self.entry)
+        return listing.window(offset, size)
 
     def _readdir_root(self, offset: int, size: int, plus: bool) -> list[bytes]:
         gen, start = offset >> 32, offset & 0xFFFFFFFF
@@ -427,7 +400,7 @@ class StoreFS:
         data = self._data(ino)
         if isinstance(data, DirectoryData):
             raise FuseError(errno.EISDIR)
-        if isinstance(data, SymlinkData):
+        if isinstance(data, SymlinkNode):
             raise FuseError(errno.ELOOP)
         blobs = self.store.blob
         handle: _LocalBlob | _FileHandle | _Passthrough
@@ -451,7 +424,7 @@ class StoreFS:
         # Content under an inode never changes, so the kernel may keep its page cache across opens.
         return fh, kernel.FOPEN_KEEP_CACHE, 0
 
-    def _open_blob_file(self, blobs: FsBlobService, data: FileData) -> int:
+    def _open_blob_file(self, blobs: FsBlobService, data: FileNode) -> int:
         """Open the blob file of ``data`` in the fs:// store and check its size; EIO (logged) if missing or wrong."""
         digest = B3Digest(data.digest)
         path = blobs.path_of(digest)
@@ -473,7 +446,7 @@ class StoreFS:
             raise FuseError(errno.EIO) from None
         return fd
 
-    def _backing_ref(self, ino: int, blobs: FsBlobService, data: FileData) -> int:
+    def _backing_ref(self, ino: int, blobs: FsBlobService, data: FileNode) -> int:
         """The passthrough backing id of ``ino``, verifying and registering its blob file on the first open."""
         assert self.session is not None
         with self._lock:
@@ -635,7 +608,7 @@ class StoreFS:
         if not self.show_xattr or ino == ROOT_INO:
             return {}
         data = self._data(ino)
-        if isinstance(data, FileData):
+        if isinstance(data, FileNode):
             return {XATTR_BLOB_DIGEST: str(B3Digest(data.digest)).encode()}
         if isinstance(data, DirectoryData):
             return {XATTR_DIRECTORY_DIGEST: str(B3Digest(data.digest)).encode()}
@@ -688,13 +661,16 @@ class StoreFS:
         u32 = struct.Struct("<I")
 
         def lookup(nodeid: int, req: bytes) -> bytes:
-            return self.entry(self.lookup(nodeid, req[h:-1]))
+            ino = self.lookup(nodeid, req[h:-1])
+            if nodeid != ROOT_INO and type(self.inodes.get(ino)) is not DirectoryData:
+                self.statters.note(request_pid(req))  # it wants attributes its listings could carry
+            return self.entry(ino)
 
-        def readdirplus(nodeid: int, req: bytes) -> list[bytes]:
+        def readdirplus(nodeid: int, req: bytes) -> memoryview | list[bytes]:
             _, offset, size, _ = read_in.unpack_from(req, h)
-            return self.readdir(nodeid, offset, size, plus=True)
+            return self.readdir(nodeid, offset, size, plus=True, pid=request_pid(req))
 
-        def readdir(nodeid: int, req: bytes) -> list[bytes]:
+        def readdir(nodeid: int, req: bytes) -> memoryview | list[bytes]:
             _, offset, size, _ = read_in.unpack_from(req, h)
             return self.readdir(nodeid, offset, size, plus=False)
 
