@@ -214,15 +214,8 @@ def test_client_falls_back_to_put_without_the_service():
     with ExitStack() as stack:
         store = stack.enter_context(Store.open(StoreAddrs(blob="memory://", directory="memory://",
                                                           path_info="memory://")))
-        server = grpc.server(futures_pool(stack), interceptors=[ObservingInterceptor(False, (Record(),))])
-        server.add_generic_rpc_handlers([generic_handler(SERVICE_DESCRIPTORS[0], BlobServicer(store), 1 << 20),
-                                         Unknown()])
-        sock = short_socket_dir(stack) / "bare.sock"
-        server.add_insecure_port(f"unix:{sock}")
-        server.start()
-        stack.callback(server.stop, 0)
-        service = from_addr(f"grpc+unix://{sock}")
-        stack.callback(service.close)
+        service = bare_server(stack, [generic_handler(SERVICE_DESCRIPTORS[0], BlobServicer(store), 1 << 20),
+                                      Unknown()], interceptors=[ObservingInterceptor(False, (Record(),))])
         blobs = [os.urandom(n) for n in (10, 2000, 0)]
         for round_ in range(2):
             batch = service.batch()
@@ -239,12 +232,21 @@ def test_client_falls_back_to_put_without_the_service():
     assert finished == [(PUT, "OK")] * 6  # every blob once
 
 
-def futures_pool(stack: ExitStack):
+def bare_server(stack: ExitStack, handlers: list[grpc.GenericRpcHandler], interceptors: tuple = ()):
+    """A plain grpcio server with only ``handlers``, on a Unix socket until ``stack`` closes: a blob client of it."""
     from concurrent import futures
 
     pool = futures.ThreadPoolExecutor(max_workers=4)
     stack.callback(pool.shutdown)
-    return pool
+    server = grpc.server(pool, interceptors=interceptors)
+    server.add_generic_rpc_handlers(handlers)
+    sock = short_socket_dir(stack) / "bare.sock"
+    server.add_insecure_port(f"unix:{sock}")
+    server.start()
+    stack.callback(server.stop, 0)
+    service = from_addr(f"grpc+unix://{sock}")
+    stack.callback(service.close)
+    return service
 
 
 def test_client_checks_the_digests_answered():
@@ -259,14 +261,7 @@ def test_client_checks_the_digests_answered():
             put_blobs, request_deserializer=PutBlobsRequest.FromString,
             response_serializer=PutBlobsResponse.SerializeToString)})
     with ExitStack() as stack:
-        server = grpc.server(futures_pool(stack))
-        server.add_generic_rpc_handlers([handler])
-        sock = short_socket_dir(stack) / "liar.sock"
-        server.add_insecure_port(f"unix:{sock}")
-        server.start()
-        stack.callback(server.stop, 0)
-        service = from_addr(f"grpc+unix://{sock}")
-        stack.callback(service.close)
+        service = bare_server(stack, [handler])
         batch = service.batch()
         for data in (b"first", b"second"):
             w = batch.open_write()
