@@ -302,3 +302,24 @@ def test_fs_batch_precommit_failure_discards(tmp_path: Path):
     assert not service.has(digest)
     assert os.listdir(tmp_path / "blobs" / "tmp") == []
     service.close()
+
+
+def test_fs_batch_precommit_runs_with_only_stored_blobs(tmp_path: Path):
+    """A batch whose blobs were all stored already still runs the check (a PutBlobs of known blobs is answered
+    only if its client stayed)."""
+    service = from_addr(f"fs://{tmp_path / 'blobs'}")
+    with service.open_write() as w:
+        w.write(b"stored before")
+        digest = w.close()
+    batch = service.batch()
+    with batch.open_write() as w:
+        w.write(b"stored before")
+        assert w.close() == digest
+
+    def refuse() -> None:
+        raise errors.StorageError("client went away")
+
+    with pytest.raises(errors.StorageError, match="went away"):
+        batch.commit(precommit=refuse)
+    assert service.has(digest)
+    service.close()
