@@ -178,3 +178,48 @@ def test_corrupt_blob_on_disk_is_data_loss_naming_the_entry(tmp_path, size):
     assert str(size) in str(e.value) and str(size - 1) in str(e.value)
     blobs.close()
     dirs.close()
+
+
+def test_repeated_blobs_are_read_once_and_written_each_time(tmp_path):
+    """A blob under several names (and in a directory that occurs twice) is written at each of them; the
+    renderer keeps its verified contents instead of reading it again, and a later entry declaring
+    another size for it is still DataLoss."""
+    from tvixd.blobservice.fs import FsBlobService
+    from tvixd.directoryservice.sqlite import SqliteDirectoryService
+
+    class CountingBlobs(FsBlobService):
+        reads = 0
+
+        def read_verified(self, digest: bytes, size: int) -> bytes | None:
+            CountingBlobs.reads += 1
+            return super().read_verified(digest, size)
+
+    blobs = CountingBlobs(str(tmp_path / "blobs"))
+    dirs = SqliteDirectoryService(str(tmp_path / "store.sqlite"))
+    data = b"same contents" * 100
+    digest = put_blob(blobs, data)
+    inner = Directory(files=[FileNode(name=b"c", digest=digest, size=len(data))])
+    with dirs.put_multiple_start() as putter:
+        inner_digest = putter.put(inner)
+        root = putter.put(
+            Directory(
+                directories=[DirectoryNode(name=b"d1", digest=inner_digest, size=1),
+                             DirectoryNode(name=b"d2", digest=inner_digest, size=1)],
+                files=[FileNode(name=n, digest=digest, size=len(data)) for n in (b"a", b"b", b"e")],
+            )
+        )  # fmt: skip
+        putter.close()
+    node = DirectoryNode(name=b"r", digest=root, size=6)
+    nar = render(node, blobs, dirs)
+    assert nar.count(data) == 5
+    assert CountingBlobs.reads < 5
+    memory = MemoryBlobService()
+    put_blob(memory, data)
+    assert nar == render(node, memory, dirs)  # the memory backend reads every time: the same NAR
+
+    wrong = Directory(files=[FileNode(name=b"a", digest=digest, size=len(data)),
+                             FileNode(name=b"b", digest=digest, size=len(data) + 1)])  # fmt: skip
+    with pytest.raises(DataLoss, match="'b'"):
+        render(DirectoryNode(name=b"r", digest=dirs.put(wrong), size=2), blobs, dirs)
+    blobs.close()
+    dirs.close()

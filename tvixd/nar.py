@@ -27,6 +27,7 @@ chunk is withheld by the verifying reader.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -45,6 +46,13 @@ BLOB_CHUNK = 1 << 20
 """Read size for blob contents: big enough that per-call overhead vanishes, small enough to stay flat."""
 SMALL_FILE = 1 << 20
 """Files up to this size are read whole and verified before any of their bytes is written."""
+KEEP_REPEATED = 32 << 20
+"""At most this many bytes of small files are kept while their blob occurs again further on in the NAR.
+
+Why: identical files are common in a store path (licences, changelogs: /usr/share/doc has 661 files,
+27 of its 107 MiB, whose contents occur earlier in the same tree), and a verified copy in memory
+costs nothing to write again, where reading it costs an open, a read and a blake3 pass each time.
+"""
 
 
 def root_entry(node: Node | AnyNode | Entry) -> Entry:
@@ -78,6 +86,9 @@ class _Renderer:
         self.directories = directories
         self.closure: dict[bytes, list[Entry]] = {}  # the root's closure, if complete
         self.read_verified = blobs.read_verified
+        self.uses_left: dict[bytes, int] = {}  # blobs of several files of the closure: their occurrences to come
+        self.kept: dict[bytes, bytes] = {}  # verified contents of some of those (KEEP_REPEATED)
+        self.kept_bytes = 0
 
     def prefetch(self, digest: bytes) -> None:
         """Fetch the whole closure at once (one stream for gRPC, one query per level for SQLite).
@@ -88,6 +99,10 @@ class _Renderer:
             self.closure = self.directories.get_closure_entries(digest)
         except NotFound:
             self.closure = {}
+        # Counted per directory of the closure: a directory occurring twice makes its files occur
+        # more often than counted, which only means reading them again.
+        counts = Counter(ref for entries in self.closure.values() for kind, _, ref, _, _ in entries if kind == FILE)
+        self.uses_left = {ref: n for ref, n in counts.items() if n > 1}
 
     def entries(self, name: bytes, digest: bytes) -> list[Entry]:
         """The entries of the directory ``digest`` (entry ``name``), in NAR order."""
@@ -103,15 +118,34 @@ class _Renderer:
 
     def small_file(self, name: bytes, digest: bytes, size: int) -> bytes:
         """The whole, verified contents of a file of at most SMALL_FILE bytes (per-file hot path: no B3Digest built)."""
-        if len(digest) != DIGEST_LEN:
-            raise InvalidRequest(f"invalid digest length {len(digest)} in file node {name!r}")
-        try:
-            data = self.read_verified(digest, size)
-        except DataLoss as e:
-            raise DataLoss(f"entry {name!r}: {e}") from e
-        if data is None:
-            raise NotFound(f"blob {B3Digest(digest)} not found (referred from entry {name!r})")
+        data = self.kept.get(digest)
+        if data is None or len(data) != size:
+            if len(digest) != DIGEST_LEN:
+                raise InvalidRequest(f"invalid digest length {len(digest)} in file node {name!r}")
+            try:
+                data = self.read_verified(digest, size)
+            except DataLoss as e:
+                raise DataLoss(f"entry {name!r}: {e}") from e
+            if data is None:
+                raise NotFound(f"blob {B3Digest(digest)} not found (referred from entry {name!r})")
+        left = self.uses_left.get(digest)
+        if left is not None:
+            self.used_again(digest, data, left - 1)
         return data
+
+    def used_again(self, digest: bytes, data: bytes, left: int) -> None:
+        """Keep ``data`` (verified) while ``left`` more files have its blob, within KEEP_REPEATED; drop it after."""
+        kept = digest in self.kept
+        if left <= 0:
+            del self.uses_left[digest]
+            if kept:
+                del self.kept[digest]
+                self.kept_bytes -= len(data)
+            return
+        self.uses_left[digest] = left
+        if not kept and self.kept_bytes + len(data) <= KEEP_REPEATED:
+            self.kept[digest] = data
+            self.kept_bytes += len(data)
 
     def file(self, name: bytes, digest: bytes, size: int, executable: bool) -> None:
         """A file bigger than SMALL_FILE: verified whole first where the backend can (fs://), else streamed."""
