@@ -295,10 +295,15 @@ class Session:
 
     def _loop(self) -> None:
         fd, handlers, may_block, queue_put = self.fd, self.handlers, self.may_block, self._queue.put
+        # One buffer for every read, each request copied out of it: os.read allocated a fresh 68 KiB buffer
+        # per request, whose pages the kernel first had to fault in (~8 us of a ~40 us request: a fresh
+        # mount's `find` of /usr/share/doc used 79 ms of CPU in the mount, 65 ms with this).
+        buffer = bytearray(BUFFER_SIZE)
+        view, buffers = memoryview(buffer), [buffer]
         try:
             while True:
                 try:
-                    data = os.read(fd, BUFFER_SIZE)
+                    data = bytes(view[: os.readv(fd, buffers)])
                 except OSError as e:
                     if e.errno in (errno.EINTR, errno.EAGAIN, errno.ENOENT):  # ENOENT: interrupted before we read it
                         continue
