@@ -1,4 +1,4 @@
-"""Build the tvixd gRPC server: listeners, TLS, the three services, reflection, health, limits."""
+"""Build the tvixd gRPC server: listeners, TLS, tvix-store's three services + BlobBatchService, reflection, health."""
 
 from __future__ import annotations
 
@@ -22,9 +22,10 @@ from tvixd.server.servicers import SERVICE_NAMES, generic_handlers, quick_pool
 from tvixd.store import Store
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""Largest request message accepted by default: big enough for a Directory with ~500k entries."""
+
 HANDLER_DRAIN_SECONDS = 5.0
 """How long ``TvixdServer.stop`` waits, after grpc's own stop, for handler threads still finishing."""
-"""Largest request message accepted by default: big enough for a Directory with ~500k entries."""
 
 DEFAULT_WORKERS = 32
 """Worker threads; each streaming call holds one for its duration (16 concurrent clients need 16)."""
