@@ -36,13 +36,18 @@ WRITE_QUEUE_CHUNKS = 8
 
 BATCH_MESSAGE_BYTES = 1 << 20
 """Bytes of blobs per PutBlobs call of a :class:`GrpcBlobBatch`, at most (far below the daemon's default
-message limit, 64 MiB; a daemon with a lower one refuses the call and its blobs go as Puts)."""
+message limit, 64 MiB; a daemon with a lower one refuses the call and its blobs go as Puts).
+
+/usr/share/doc (3,500 distinct blobs) through a daemon, 4 interleaved runs at load 3-5, median wall:
+256 KiB 2.90 s (179 calls), 1 MiB 2.44 s (72 calls), 4 MiB 2.35 s (17 calls); one Put per blob 8.3 s."""
 
 BATCH_MESSAGE_BLOBS = 1024
 """Blobs per PutBlobs call, at most: keeps the answer (34 bytes a digest) small."""
 
 BATCH_CALLS = 4
-"""PutBlobs calls of a :class:`GrpcBlobBatch` awaiting their answer, at most."""
+"""PutBlobs calls of a :class:`GrpcBlobBatch` awaiting their answer, at most: the daemon writes the blobs
+of one while the client packs the next. Same runs as above: 2 calls 2.63 s, 4 calls 2.44 s, 8 calls 2.28 s
+(differences within the noise of a loaded machine)."""
 
 _EMPTY_ENTRY = b"\x0a\x00"
 """The empty blob as a PutBlobsRequest.blobs entry (an empty BlobChunk encodes to nothing at all)."""
