@@ -57,10 +57,17 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
 
 def _node(data: bytes, pos: int, stop: int, kind: int) -> Entry:
     """The node message ``data[pos:stop]`` of ``kind``: name (1), then digest (2) and size (3) and
-    executable (4), or target (2) for a symlink, each present only if not the default."""
-    if pos >= stop or data[pos] != 0x0A:
+    executable (4), or target (2) for a symlink, each present only if not the default.
+
+    One-byte lengths and sizes (nearly all) are read inline: ~20% of decoding a directory.
+    """
+    if data[pos] != 0x0A:
         raise _NotCanonical  # a valid node always has a name
-    n, pos = _varint(data, pos + 1)
+    n = data[pos + 1]
+    if n & 0x80:
+        n, pos = _varint(data, pos + 1)
+    else:
+        pos += 2
     name = data[pos : pos + n]
     pos += n
     if kind == SYMLINK:
@@ -74,21 +81,26 @@ def _node(data: bytes, pos: int, stop: int, kind: int) -> Entry:
         if pos != stop or not name:
             raise _NotCanonical
         return (SYMLINK, name, target, 0, False)
-    if pos + 2 + _DIGEST_LEN > stop or data[pos] != 0x12 or data[pos + 1] != _DIGEST_LEN:
+    if data[pos] != 0x12 or data[pos + 1] != _DIGEST_LEN or pos + 2 + _DIGEST_LEN > stop:
         raise _NotCanonical
     digest = data[pos + 2 : pos + 2 + _DIGEST_LEN]
     pos += 2 + _DIGEST_LEN
     size = 0
-    if pos < stop and data[pos] == 0x18:
-        size, pos = _varint(data, pos + 1)
-        if not size:
-            raise _NotCanonical  # a default value is omitted, never written
     executable = False
-    if kind == FILE and pos < stop and data[pos] == 0x20:
-        if data[pos + 1] != 1:
-            raise _NotCanonical
-        executable = True
-        pos += 2
+    if pos < stop:
+        if data[pos] == 0x18:
+            size = data[pos + 1]
+            if size & 0x80:
+                size, pos = _varint(data, pos + 1)
+            elif size:
+                pos += 2
+            else:
+                raise _NotCanonical  # a default value is omitted, never written
+        if kind == FILE and pos < stop and data[pos] == 0x20:
+            if data[pos + 1] != 1:
+                raise _NotCanonical
+            executable = True
+            pos += 2
     if pos != stop or not name:
         raise _NotCanonical
     return (kind, name, digest, size, executable)
@@ -115,12 +127,21 @@ def _fields(data: bytes) -> Iterable[tuple[int, int, int]]:
 def decode_directory(data: bytes) -> list[Entry] | None:
     """The entries of the canonically encoded Directory ``data``, in NAR order; None if not canonical."""
     lists: tuple[list[Entry], list[Entry], list[Entry]] = ([], [], [])
+    pos, end, last = 0, len(data), DIRECTORY
     try:
-        for tag, start, stop in _fields(data):
-            kind = _TAG_KIND.get(tag)
-            if kind is None or (kind < 2 and lists[kind + 1]) or (kind == DIRECTORY and lists[SYMLINK]):
-                raise _NotCanonical  # unknown field, or the lists out of field order
-            lists[kind].append(_node(data, start, stop, kind))
+        while pos < end:
+            kind = _TAG_KIND.get(data[pos])
+            n = data[pos + 1]
+            if n & 0x80:
+                n, pos = _varint(data, pos + 1)
+            else:
+                pos += 2
+            stop = pos + n
+            if kind is None or kind < last or stop > end:
+                raise _NotCanonical  # an unknown field, the lists out of field order, or cut short
+            last = kind
+            lists[kind].append(_node(data, pos, stop, kind))
+            pos = stop
     except (_NotCanonical, IndexError):
         return None
     return merge(*lists)
