@@ -125,24 +125,30 @@ def test_limits_are_resource_exhausted_naming_them(tmp_path):
 
 
 def test_cancelled_call_leaves_nothing_visible(tmp_path):
-    """The client goes away after its first message (written by the daemon meanwhile): nothing is committed."""
+    """The client goes away after its first message, which the daemon has written: nothing is committed."""
+    from tests.test_blobservice import temp_files
+
     blob = os.urandom(5000)
     leave = threading.Event()
 
     def messages():
         yield PutBlobsRequest(blobs=[blob])
-        leave.wait(30)
+        leave.wait(60)
 
     with start_daemon(tmp_path) as d, grpc.insecure_channel(d.target) as ch:
+        tmp_dir = d.state_dir / "blobs" / "tmp"
         future = BlobBatchServiceStub(ch).PutBlobs.future(messages())
-        time.sleep(0.5)  # time for the daemon to receive and write the first message
+        deadline = time.monotonic() + 60
+        while not temp_files(tmp_dir, d.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the daemon holds the blob in a temp file, awaiting the call's end
+        assert temp_files(tmp_dir, d.proc.pid), "the daemon never wrote the first message's blob"
         future.cancel()
         leave.set()
         assert d.stop() == 0
     assert [c["code"] for c in calls(d, PUT_BLOBS)] == ["CANCELLED"]
     hex_digest = b3(blob).hex()
     assert not (d.state_dir / "blobs" / hex_digest[:2] / hex_digest[2:]).exists()
-    assert os.listdir(d.state_dir / "blobs" / "tmp") == []
+    assert os.listdir(tmp_dir) == []
 
 
 def test_access_log_and_metrics(tmp_path):
