@@ -29,7 +29,6 @@ import os
 import sqlite3
 import threading
 import time
-import weakref
 from collections.abc import Iterator
 
 from tvixd.errors import DataLoss, ResourceExhausted, StorageError, TvixError, Unavailable
@@ -86,8 +85,9 @@ class SqliteDatabase:
     def __init__(self, path: str | None, busy_timeout: float = BUSY_TIMEOUT) -> None:
         self._tmp_dir: str | None = None
         if path is None:
-            import shutil  # these two only for sqlite:// (a throw-away database): not at every command's start-up
+            import shutil  # these three only for sqlite:// (a throw-away database): not at every command's start-up
             import tempfile
+            import weakref
 
             self._tmp_dir = tempfile.mkdtemp(prefix="tvixd-sqlite-")
             path = os.path.join(self._tmp_dir, "store.sqlite")

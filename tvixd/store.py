@@ -62,12 +62,15 @@ def ensure_state_dir(path: StrPath) -> StrPath:
     return path
 
 
-class StoreAddrs(NamedTuple):
-    """The three service addresses (URLs) of one store."""
+class StoreAddrs(NamedTuple("StoreAddrs", [("blob", str), ("directory", str), ("path_info", str)])):
+    """The three service addresses (URLs) of one store: ``blob``, ``directory``, ``path_info``.
 
-    blob: str
-    directory: str
-    path_info: str
+    The functional form: with ``from __future__ import annotations`` the class form hands
+    NamedTuple its field types as strings, and it compiles each one (``ForwardRef``) at
+    import, ~1.5 ms of every command's start-up.
+    """
+
+    __slots__ = ()
 
     @classmethod
     def embedded(cls, state_dir: StrPath) -> StoreAddrs:
