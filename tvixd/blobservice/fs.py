@@ -801,15 +801,17 @@ class FsBlobService(BlobService):
         """
         return os.open(self.root, getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC)
 
-    def _open_blob(self, path: str) -> int | None:
-        """A read-only descriptor of the blob file ``path`` (from :meth:`path_of`); None if there is none,
-        StorageError if it cannot be opened."""
+    def _open_blob(self, digest: bytes) -> int | None:
+        """A read-only descriptor of the blob file of ``digest`` (32 bytes); None if there is none,
+        StorageError naming :meth:`path_of` if it cannot be opened. (The full path is built only for
+        that message: rendering a NAR opens one blob per file.)"""
+        h = digest.hex()
         try:
-            return os.open(path[len(self._prefix) :], os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._root_fd)
+            return os.open(f"{h[:2]}/{h[2:]}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._root_fd)
         except FileNotFoundError:
             return None
         except OSError as e:
-            raise _os_error(e, "open blob file", path) from e
+            raise _os_error(e, "open blob file", self.path_of(digest)) from e
 
     def close(self) -> None:
         fd = self.__dict__.pop("_root_fd", None)
@@ -860,7 +862,7 @@ class FsBlobService(BlobService):
     def open_read(self, digest: bytes) -> BlobReader | None:
         digest = B3Digest(digest)
         path = self.path_of(digest)
-        fd = self._open_blob(path)
+        fd = self._open_blob(digest)
         if fd is None:
             return None
         file = open(fd, "rb", buffering=0)  # owned by the reader
@@ -879,8 +881,7 @@ class FsBlobService(BlobService):
         """
         if len(digest) != DIGEST_LEN:
             B3Digest(digest)  # raises InvalidRequest naming the length
-        path = self.path_of(digest)  # plain bytes: a B3Digest per file was ~1 µs of ~20 per file of a NAR
-        fd = self._open_blob(path)
+        fd = self._open_blob(digest)  # plain bytes: a B3Digest per file was ~1 µs of ~20 per file of a NAR
         if fd is None:
             return None
         try:
@@ -888,17 +889,21 @@ class FsBlobService(BlobService):
             if len(data) != size:
                 actual = os.fstat(fd).st_size
                 if actual != size:
-                    raise DataLoss(f"blob {B3Digest(digest)} has {actual} bytes, not the {size} expected ({path})")
+                    raise DataLoss(
+                        f"blob {B3Digest(digest)} has {actual} bytes, not the {size} expected ({self.path_of(digest)})"
+                    )
                 while len(data) < size and (more := os.read(fd, size - len(data))):  # short read after all
                     data += more
         except OSError as e:
-            raise _os_error(e, "read blob file", path) from e
+            raise _os_error(e, "read blob file", self.path_of(digest)) from e
         finally:
             os.close(fd)
         if len(data) != size:
-            raise DataLoss(f"blob {B3Digest(digest)} is truncated on disk ({path}: {len(data)} of {size} bytes)")
+            where = f"{self.path_of(digest)}: {len(data)} of {size} bytes"
+            raise DataLoss(f"blob {B3Digest(digest)} is truncated on disk ({where})")
         if blake3.blake3(data).digest() != digest:
-            raise DataLoss(f"blob {B3Digest(digest)} is corrupt on disk: its bytes no longer hash to it ({path})")
+            where = self.path_of(digest)
+            raise DataLoss(f"blob {B3Digest(digest)} is corrupt on disk: its bytes no longer hash to it ({where})")
         return data
 
     def open_verified(self, digest: bytes, size: int) -> FsVerifiedBlob | None:
@@ -914,7 +919,7 @@ class FsBlobService(BlobService):
         """
         digest = B3Digest(digest)
         path = self.path_of(digest)
-        fd = self._open_blob(path)
+        fd = self._open_blob(digest)
         if fd is None:
             return None
         blob = FsVerifiedBlob(fd, size)
