@@ -21,7 +21,7 @@ from tvixd.blobservice.memory import MemoryBlobService
 from tvixd.castore.directory import directory_digest
 from tvixd.directoryservice.memory import MemoryDirectoryService
 from tvixd.errors import DataLoss, InvalidRequest, NotFound
-from tvixd.nar import calculate_nar, write_nar
+from tvixd.nar import SMALL_FILE, calculate_nar, write_nar
 from tvixd.proto.castore_pb2 import Directory, DirectoryNode, FileNode, SymlinkNode
 from tvixd.proto.pathinfo_pb2 import Node
 
@@ -135,7 +135,7 @@ def test_deep_tree_no_recursion_limit(blobs, dirs):
     assert nar.count(b"directory") == 3001
 
 
-@pytest.mark.parametrize("size", [100, 3 << 20], ids=["small", "big"])
+@pytest.mark.parametrize("size", [100, SMALL_FILE + 3], ids=["small", "big"])
 def test_corrupt_blob_on_disk_is_data_loss_naming_the_entry(tmp_path, size):
     """fs:// + SQLite (the embedded store): none of a corrupt file's bytes reach the sink, small
     (read whole) or big (verified whole over mappings before the first byte is written)."""
