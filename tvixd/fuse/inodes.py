@@ -23,6 +23,7 @@ one lock and does the blocking fetches outside it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tvixd.castore.directory import AnyNode, directory_nodes, directory_size
@@ -94,26 +95,38 @@ class InodeTracker:
         Directories are recorded sparse unless already known; the node's name is
         ignored (inodes are by content).
         """
-        kind = type(node)
-        if kind is FileNode:
-            key = (node.digest, node.executable)
-            ino = self._files.get(key)
-            if ino is None:
-                ino = self._files[key] = self._allocate(node)
-            return ino
-        if kind is SymlinkNode:
-            target = node.target
-            ino = self._symlinks.get(target)
-            if ino is None:
-                ino = self._symlinks[target] = self._allocate(node)
-            return ino
-        if kind is DirectoryNode:
-            digest = node.digest
-            ino = self._directories.get(digest)
-            if ino is None:
-                ino = self._directories[digest] = self._allocate(DirectoryData(digest, node.size))
-            return ino
-        raise TypeError(f"not a castore node: {type(node).__name__}")
+        return self._put_nodes((node,))[0][0]
+
+    def _put_nodes(self, nodes: Iterable[AnyNode]) -> list[tuple[int, AnyNode]]:
+        """``(inode, node)`` of each node, allocating new ones (:meth:`put_node` for many, in one tight loop:
+        a tree's first listing puts one node per entry)."""
+        files, symlinks, directories, data = self._files, self._symlinks, self._directories, self._data
+        out = []
+        for node in nodes:
+            kind = type(node)
+            if kind is FileNode:
+                key = (node.digest, node.executable)
+                ino = files.get(key)
+                if ino is None:
+                    ino = files[key] = self._next
+                    data[ino] = node
+                    self._next += 1
+            elif kind is SymlinkNode:
+                target = node.target
+                ino = symlinks.get(target)
+                if ino is None:
+                    ino = symlinks[target] = self._next
+                    data[ino] = node
+                    self._next += 1
+            elif kind is DirectoryNode:
+                digest = node.digest
+                ino = directories.get(digest)
+                if ino is None:
+                    ino = directories[digest] = self._allocate(DirectoryData(digest, node.size))
+            else:
+                raise TypeError(f"not a castore node: {type(node).__name__}")
+            out.append((ino, node))
+        return out
 
     def put_directory(self, digest: bytes, directory: Directory) -> int:
         """Record the contents of the directory named ``digest``; return its inode.
@@ -130,8 +143,7 @@ class InodeTracker:
             assert isinstance(data, DirectoryData)
             if data.populated:
                 return ino
-        put = self.put_node
-        children = [(put(child), child) for child in directory_nodes(directory)]
+        children = self._put_nodes(directory_nodes(directory))
         if ino is None:
             ino = self._directories[digest] = self._allocate(DirectoryData(digest, directory_size(directory), children))
         else:

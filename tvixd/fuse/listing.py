@@ -33,8 +33,9 @@ PLAIN, LEAN, FULL = 0, 1, 2
 DT_DIR, DT_REG, DT_LNK = 4, 8, 10
 DTYPE = {DirectoryNode: DT_DIR, FileNode: DT_REG, SymlinkNode: DT_LNK}
 
-NO_ENTRY = bytes(kernel.ENTRY_OUT.size)
-"""A ``fuse_entry_out`` with node id 0: "no attributes for this record" (not ENOENT, unlike in a LOOKUP)."""
+_LEAN_DIRENTPLUS = struct.Struct(f"<{kernel.ENTRY_OUT.size}x" + kernel.DIRENT.format[1:])
+"""A ``fuse_direntplus`` without attributes (its ``fuse_entry_out`` all zeros: node id 0 means "no attributes
+for this record", not ENOENT as in a LOOKUP), without its name."""
 
 STATTERS_KEPT = 1024
 """Processes remembered as wanting attributes (then all are forgotten, see FileStatters)."""
@@ -64,15 +65,16 @@ def pack_listing(children: Sequence[tuple[int, AnyNode]], kind: int, entry: Call
     Record ``i`` has next-offset ``i + 1``; names are padded to 8 bytes.
     """
     records = []
-    pack, padding = kernel.DIRENT.pack, kernel.PADDING
-    for i, (ino, node) in enumerate(children):
+    pack, lean_pack, padding = kernel.DIRENT.pack, _LEAN_DIRENTPLUS.pack, kernel.PADDING
+    for i, (ino, node) in enumerate(children, 1):
         name = node.name
         node_type = type(node)
-        record = pack(ino, i + 1, len(name), DTYPE[node_type]) + name + padding[len(name) & 7]
-        if kind == FULL or (kind == LEAN and node_type is DirectoryNode):
-            record = entry(ino) + record
-        elif kind == LEAN:
-            record = NO_ENTRY + record
+        if kind == LEAN and node_type is not DirectoryNode:
+            record = lean_pack(ino, i, len(name), DTYPE[node_type]) + name + padding[len(name) & 7]
+        else:
+            record = pack(ino, i, len(name), DTYPE[node_type]) + name + padding[len(name) & 7]
+            if kind != PLAIN:
+                record = entry(ino) + record
         records.append(record)
     return Listing(b"".join(records), list(accumulate(map(len, records))))
 
