@@ -49,6 +49,7 @@ from tvixd.blobservice.base import BlobReader
 from tvixd.blobservice.fs import FsBlobService
 from tvixd.castore.digest import B3Digest
 from tvixd.castore.directory import AnyNode
+from tvixd.castore.storepath import StorePath  # not lazily: the first lookup waited ~1 ms for this
 from tvixd.errors import DataLoss
 from tvixd.fuse import kernel
 from tvixd.fuse.inodes import ROOT_INO, DirectoryData, InodeData, InodeTracker
@@ -304,8 +305,6 @@ class StoreFS:
         ino = self.inodes.store_path(name)
         if ino is not None:
             return ino
-        from tvixd.castore.storepath import StorePath
-
         try:
             store_path = StorePath.from_basename(name.decode())
         except Exception:  # not UTF-8, not a store path basename: it can't exist
