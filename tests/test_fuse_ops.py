@@ -14,12 +14,13 @@ import socket
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.fixtures import BLOB_A, BLOB_B
-from tests.fuse_helpers import DIR_COMPLICATED, FILE_A, FILE_B, populate_fixtures
+from tests.fuse_helpers import DIR_COMPLICATED, FILE_A, FILE_B, populate_fixtures, put_blob, put_path_info
 from tvixd.fuse import kernel
 from tvixd.fuse.fs import StoreFS
 from tvixd.fuse.inodes import ROOT_INO, DirectoryData
@@ -121,6 +122,36 @@ def test_backward_reads_reopen_a_forward_only_reader(store: Store) -> None:
             a = fs.lookup(ROOT_INO, FILE_A.encode())
             fh, _, _ = fs.open(a, os.O_RDONLY)
             assert bytes(fs.read(fh, 0, 4096)) == BLOB_A
+
+
+def test_big_fs_blobs_without_passthrough_are_verified_at_open(tmp_path: Path) -> None:
+    """No passthrough (not root, or an older kernel): a big fs:// blob is verified whole at open, then mapped;
+    one changed byte makes the open fail with EIO, whatever range would be read."""
+    from tvixd.blobservice.fs import FsBlobService
+    from tvixd.castore.digest import B3Digest
+    from tvixd.proto.castore_pb2 import FileNode
+
+    big = os.urandom(3 << 20)
+    addrs = StoreAddrs.embedded(tmp_path)
+    with Store.open(addrs) as store:
+        digest = put_blob(store, big)
+        put_path_info(store, FileNode(name=b"99999999999999999999999999999999-big", digest=digest, size=len(big)))
+        fs = StoreFS(store)  # no session: no passthrough
+        ino = fs.lookup(ROOT_INO, b"99999999999999999999999999999999-big")
+        fh, flags, backing = fs.open(ino, os.O_RDONLY)
+        assert (flags, backing) == (kernel.FOPEN_KEEP_CACHE, 0)
+        assert not fs.may_block(kernel.READ, ino, kernel.IN_HEADER.pack(0, 0, 0, 0, 0, 0, 0, 0, 0)
+                                + kernel.READ_IN.pack(fh, 0, 4096, 0))  # fmt: skip
+        for off, n in [(2 << 20, 4096), (0, 1 << 20), (len(big) - 10, 4096), (len(big), 1)]:
+            assert bytes(fs.read(fh, off, n)) == big[off : off + n]
+        fs.release(fh)
+        assert err(fs.read, fh, 0, 1) == errno.EBADF
+        blob_file = Path(FsBlobService(str(tmp_path / "blobs")).path_of(B3Digest(digest)))
+        blob_file.chmod(0o644)
+        with open(blob_file, "r+b") as f:
+            f.seek(100)
+            f.write(bytes([big[100] ^ 1]))
+        assert err(fs.open, ino, os.O_RDONLY) == errno.EIO
 
 
 def test_small_subtrees_are_fetched_whole(store: Store) -> None:

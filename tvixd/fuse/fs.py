@@ -20,8 +20,8 @@ Reads (Part A §7: never serve bytes not verified against the digest):
   (``FsBlobService.open_verified``: blake3 on all cores over windows mapped one at
   a time, so RSS stays flat), then registered as the open file's backing
   file, so the kernel reads the blob file itself and no read comes to tvixd;
-- otherwise verified whole (``open_verified``) on the first read and served from an mmap
-  (:class:`_LocalBlob`);
+- otherwise verified whole at open the same way and served from a mapping of the file
+  just verified (:class:`_LocalBlob`);
 - other backends (gRPC, memory) stream through their ``BlobReader``, which verifies sequential reads.
 
 Errors: missing or unreadable content behind a PathInfo gives EIO on that file
@@ -50,7 +50,6 @@ from tvixd.blobservice.fs import FsBlobService
 from tvixd.castore.digest import B3Digest
 from tvixd.castore.directory import AnyNode
 from tvixd.castore.storepath import StorePath  # not lazily: the first lookup waited ~1 ms for this
-from tvixd.errors import DataLoss
 from tvixd.fuse import kernel
 from tvixd.fuse.inodes import ROOT_INO, DirectoryData, InodeData, InodeTracker
 from tvixd.fuse.kernel import FuseError
@@ -142,28 +141,21 @@ class _FileHandle:
 
 @dataclass
 class _LocalBlob:
-    """An open blob file of the fs:// store without passthrough: verified whole once, then served from an mmap.
+    """An open blob file of the fs:// store without passthrough: verified whole at open, served from a mapping.
 
     Random access (which FUSE does) cannot be verified piecewise; one whole-blob pass uses all cores.
-    Blob files are immutable (mode 0444, replaced only by rename), so the size is checked once at open
-    and the mapping cannot shrink under us.
+    The mapping is of the file just verified (``open_verified``): blob files are immutable (mode 0444,
+    replaced only by rename, which does not touch an open file), so it holds the verified bytes.
     """
 
-    digest: bytes
     size: int
-    fd: int
-    map: mmap.mmap | None = None
-    verified: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    map: mmap.mmap
 
     def close(self) -> None:
-        mapping, self.map = self.map, None
-        if mapping is not None:
-            try:
-                mapping.close()
-            except BufferError:  # a reply still holds a view: the mapping goes with the last reference
-                pass
-        os.close(self.fd)
+        try:
+            self.map.close()
+        except BufferError:  # a reply still holds a view: the mapping goes with the last reference
+            pass
 
 
 @dataclass
@@ -413,7 +405,7 @@ class StoreFS:
             backing_id = self._backing_ref(ino, blobs, data)
             handle = _Passthrough(ino)
         elif isinstance(blobs, FsBlobService):
-            handle = _LocalBlob(data.digest, data.size, self._open_blob_file(blobs, data))
+            handle = self._open_local(blobs, data)
         else:
             handle = _FileHandle(data.digest, data.size, self._open_blob(data.digest))
         fh = next(self._fhs)
@@ -423,27 +415,15 @@ class StoreFS:
         # Content under an inode never changes, so the kernel may keep its page cache across opens.
         return fh, kernel.FOPEN_KEEP_CACHE, 0
 
-    def _open_blob_file(self, blobs: FsBlobService, data: FileNode) -> int:
-        """Open the blob file of ``data`` in the fs:// store and check its size; EIO (logged) if missing or wrong."""
+    def _open_local(self, blobs: FsBlobService, data: FileNode) -> _LocalBlob:
+        """Verify the blob file of ``data`` (EIO, logged, if missing or corrupt) and map it for reads."""
         digest = B3Digest(data.digest)
-        path = blobs.path_of(digest)
+        blob = _from_store(blobs.open_verified, digest, data.size, digest=digest,
+                           failed="reading blob failed", missing="blob missing from the store")  # fmt: skip
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            log.error("blob missing from the store", digest=str(digest))
-            raise FuseError(errno.EIO) from None
-        except OSError as e:
-            log.error("opening blob failed", digest=str(digest), error=str(e))
-            raise FuseError(errno.EIO) from None
-        try:
-            size = os.fstat(fd).st_size
-            if size != data.size:
-                raise DataLoss(f"blob file {path} has {size} bytes, the store says {data.size}")
-        except Exception as e:
-            os.close(fd)
-            log.error("opening blob failed", digest=str(digest), error=str(e))
-            raise FuseError(errno.EIO) from None
-        return fd
+            return _LocalBlob(data.size, mmap.mmap(blob.fileno(), data.size, prot=mmap.PROT_READ))
+        finally:
+            blob.close()  # the mapping keeps its own reference to the file
 
     def _backing_ref(self, ino: int, blobs: FsBlobService, data: FileNode) -> int:
         """The passthrough backing id of ``ino``, verifying and registering its blob file on the first open."""
@@ -511,7 +491,7 @@ class StoreFS:
         if off >= handle.size or size <= 0:
             return b""
         if isinstance(handle, _LocalBlob):
-            return self._read_local(handle, off, size)
+            return memoryview(handle.map)[off : off + size]
         with handle.lock:
             data = handle.cached(off, size)
             if data is not None:
@@ -525,23 +505,6 @@ class StoreFS:
                 # Start over with a fresh reader next time rather than trusting this one's position.
                 self._drop_reader(handle)
                 raise FuseError(errno.EIO) from None
-
-    def _read_local(self, handle: _LocalBlob, off: int, size: int) -> memoryview:
-        """A read of an fs:// blob: verify the whole blob on the first read, then slice the mapping."""
-        if not handle.verified:
-            with handle.lock:
-                if not handle.verified:
-                    digest = B3Digest(handle.digest)
-                    blobs = self.store.blob
-                    assert isinstance(blobs, FsBlobService)
-                    _from_store(blobs.open_verified, digest, handle.size, digest=digest,
-                                failed="reading blob failed", missing="blob missing from the store").close()
-                    # Served from a mapping of the file opened at open(): blob files are immutable, so
-                    # it holds the bytes just verified.
-                    handle.map = mmap.mmap(handle.fd, handle.size, prot=mmap.PROT_READ)
-                    handle.verified = True
-        assert handle.map is not None  # verified, and not empty (the caller answered reads past EOF)
-        return memoryview(handle.map)[off : off + size]
 
     def _read_at(self, handle: _FileHandle, off: int, size: int) -> bytes | memoryview:
         """Position the handle's reader at ``off`` and read ``size`` bytes (fewer at EOF).
@@ -594,8 +557,7 @@ class StoreFS:
         if isinstance(handle, _Passthrough):
             self._backing_unref(handle.ino)
         elif isinstance(handle, _LocalBlob):
-            with handle.lock:
-                handle.close()
+            handle.close()
         elif handle is not None:
             with handle.lock:
                 self._drop_reader(handle)
@@ -641,8 +603,6 @@ class StoreFS:
             return True
         if opcode == kernel.READ or opcode == kernel.RELEASE:
             handle = self._files.get(struct.unpack_from("<Q", req, kernel.IN_HEADER_SIZE)[0])
-            if isinstance(handle, _LocalBlob):
-                return not handle.verified
             if isinstance(handle, _FileHandle):
                 if opcode == kernel.RELEASE:
                     return handle.reader is not None
