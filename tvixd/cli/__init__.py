@@ -123,6 +123,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``tvixd`` console script."""
+    import gc
+
+    # Start-up creates tens of thousands of objects that live as long as the process (modules, classes,
+    # functions, the parser, the configuration); the collector would scan them again and again while they
+    # are made (~2.5% of the instructions of `dump-path` of /usr/lib/python3 or of a one-file import).
+    # Frozen afterwards, later collections (a daemon's) skip them.
+    gc.disable()
     from tvixd.errors import TvixError
 
     if argv is None:
@@ -141,6 +148,8 @@ def main(argv: list[str] | None = None) -> None:
         log.configure(level=args.cfg.log.level, fmt=args.cfg.log.format)
     else:
         log.configure(level=args.log_level, fmt=args.log_format)
+    gc.freeze()
+    gc.enable()
     try:
         status = args.func(args)
     except TvixError as e:
