@@ -48,7 +48,6 @@ import errno
 import functools
 import io
 import itertools
-import mmap
 import os
 import threading
 import time
@@ -303,6 +302,8 @@ class FsVerifiedBlob(VerifiedBlob):
         fd = self._fd
         if fd is None:
             raise AlreadyClosed("verified blob already closed")
+        import mmap  # here: only files bigger than the NAR renderer's SMALL_FILE are mapped
+
         for offset in range(0, self.size, MAP_WINDOW):
             length = min(MAP_WINDOW, self.size - offset)
             yield memoryview(mmap.mmap(fd, length, offset=offset, prot=mmap.PROT_READ))
