@@ -224,7 +224,7 @@ def test_protocol_answers_everything_without_crashing(wire: Wire) -> None:
     for opcode in (kernel.MKDIR, kernel.UNLINK, kernel.WRITE, kernel.SETATTR, kernel.CREATE, kernel.SETXATTR,
                    kernel.RENAME2, kernel.FALLOCATE, kernel.COPY_FILE_RANGE):  # fmt: skip
         assert wire.call(opcode, ino, bytes(64))[0] == errno.EROFS, opcode
-    for opcode in (kernel.BMAP, kernel.IOCTL, kernel.POLL, kernel.LSEEK, 200, 4096):
+    for opcode in (kernel.BMAP, kernel.IOCTL, kernel.POLL, kernel.LSEEK, kernel.FLUSH, kernel.FSYNC, 200, 4096):
         assert wire.call(opcode, ino, bytes(64))[0] == errno.ENOSYS, opcode
     # Requests without a reply, then a normal one: the next reply must be the next request's.
     wire.send(kernel.FORGET, ino, struct.pack("<Q", 1))
