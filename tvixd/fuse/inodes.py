@@ -77,6 +77,8 @@ class InodeTracker:
         self._symlinks: dict[bytes, int] = {}
         self._directories: dict[bytes, int] = {}
         self._store_paths: dict[bytes, int] = {}
+        self._by_kind: dict[type, dict] = {FileNode: self._files, SymlinkNode: self._symlinks,
+                                           DirectoryNode: self._directories}  # fmt: skip  # the three key spaces
         self._next = FIRST_INO
 
     def get(self, ino: int) -> InodeData | None:
@@ -100,31 +102,21 @@ class InodeTracker:
     def _put_nodes(self, nodes: Iterable[AnyNode]) -> list[tuple[int, AnyNode]]:
         """``(inode, node)`` of each node, allocating new ones (:meth:`put_node` for many, in one tight loop:
         a tree's first listing puts one node per entry)."""
-        files, symlinks, directories, data = self._files, self._symlinks, self._directories, self._data
         out = []
         for node in nodes:
             kind = type(node)
             if kind is FileNode:
-                key = (node.digest, node.executable)
-                ino = files.get(key)
-                if ino is None:
-                    ino = files[key] = self._next
-                    data[ino] = node
-                    self._next += 1
+                key: object = (node.digest, node.executable)
             elif kind is SymlinkNode:
-                target = node.target
-                ino = symlinks.get(target)
-                if ino is None:
-                    ino = symlinks[target] = self._next
-                    data[ino] = node
-                    self._next += 1
+                key = node.target
             elif kind is DirectoryNode:
-                digest = node.digest
-                ino = directories.get(digest)
-                if ino is None:
-                    ino = directories[digest] = self._allocate(DirectoryData(digest, node.size))
+                key = node.digest
             else:
-                raise TypeError(f"not a castore node: {type(node).__name__}")
+                raise TypeError(f"not a castore node: {kind.__name__}")
+            table = self._by_kind[kind]
+            ino = table.get(key)
+            if ino is None:
+                ino = table[key] = self._allocate(DirectoryData(key, node.size) if kind is DirectoryNode else node)
             out.append((ino, node))
         return out
 
