@@ -18,7 +18,7 @@ So rendering is split in two:
    between; the caller then aborts the connection, and the announced
    Content-Length makes the truncation visible to the client.
 
-The byte format is SPEC Part B §5.2 (the same constants as the nix-compat writer).
+The byte format is SPEC Part B §5.2: the token runs of :mod:`tvixd.castore.nar`'s writer.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from tvixd.blobservice.base import BlobService
 from tvixd.castore.digest import B3Digest
 from tvixd.castore.directory import directory_nodes
+from tvixd.castore.nar import TOK_DIR, TOK_ENTRY, TOK_EXE, TOK_NODE, TOK_PAR, TOK_REG, TOK_START, TOK_SYM, nar_string
 from tvixd.directoryservice.base import DirectoryService
 from tvixd.errors import DataLoss, InvalidRequest, NotFound
 from tvixd.proto.castore_pb2 import Directory, DirectoryNode, FileNode
@@ -40,18 +41,6 @@ _SMALL_FILE = 256 * 1024
 """Files up to this size are copied into the coalescing buffer instead of being sent as their own chunk."""
 
 
-def _s(b: bytes) -> bytes:
-    return len(b).to_bytes(8, "little") + b + b"\0" * (-len(b) % 8)
-
-
-_START = _s(b"nix-archive-1") + _s(b"(") + _s(b"type")
-_REGULAR = _s(b"regular") + _s(b"contents")
-_EXECUTABLE = _s(b"regular") + _s(b"executable") + _s(b"") + _s(b"contents")
-_SYMLINK = _s(b"symlink") + _s(b"target")
-_DIRECTORY = _s(b"directory")
-_ENTRY_START = _s(b"entry") + _s(b"(") + _s(b"name")
-_NODE_START = _s(b"node") + _s(b"(") + _s(b"type")
-_CLOSE = _s(b")")
 _ZEROS = bytes(8)
 
 
@@ -74,39 +63,39 @@ def _segments(root: Node, directories: dict[bytes, Directory]) -> Iterator[bytes
     """The NAR as literal byte runs and file-content references, in order (no I/O)."""
 
     def file_parts(node: FileNode) -> Iterator[bytes | _FileSegment]:
-        yield (_EXECUTABLE if node.executable else _REGULAR) + node.size.to_bytes(8, "little")
+        yield (TOK_EXE if node.executable else TOK_REG) + node.size.to_bytes(8, "little")
         yield _FileSegment(B3Digest(node.digest), node.size)
-        yield _ZEROS[: -node.size % 8] + _CLOSE
+        yield _ZEROS[: -node.size % 8] + TOK_PAR
 
     kind = root.WhichOneof("node")
-    yield _START
+    yield TOK_START
     if kind == "file":
         yield from file_parts(root.file)
         return
     if kind == "symlink":
-        yield _SYMLINK + _s(root.symlink.target) + _CLOSE
+        yield TOK_SYM + nar_string(root.symlink.target) + TOK_PAR
         return
     if kind != "directory":
         raise InvalidRequest("root node is not set")
-    yield _DIRECTORY
+    yield TOK_DIR
     # Explicit stack of child iterators: the depth of a tree is not bounded by Python's recursion limit.
     stack = [directory_nodes(directories[root.directory.digest])]
     while stack:
         child = next(stack[-1], None)
         if child is None:
             stack.pop()
-            yield _CLOSE + (_CLOSE if stack else b"")  # the directory node, then its entry (if any)
+            yield TOK_PAR + (TOK_PAR if stack else b"")  # the directory node, then its entry (if any)
             continue
-        head = _ENTRY_START + _s(child.name) + _NODE_START
+        head = TOK_ENTRY + nar_string(child.name) + TOK_NODE
         if isinstance(child, DirectoryNode):
-            yield head + _DIRECTORY
+            yield head + TOK_DIR
             stack.append(directory_nodes(directories[child.digest]))
         elif isinstance(child, FileNode):
             yield head
             yield from file_parts(child)
-            yield _CLOSE
+            yield TOK_PAR
         else:
-            yield head + _SYMLINK + _s(child.target) + _CLOSE + _CLOSE
+            yield head + TOK_SYM + nar_string(child.target) + TOK_PAR + TOK_PAR
 
 
 def plan_nar(root: Node, blob_service: BlobService, directory_service: DirectoryService) -> NarPlan:

@@ -32,13 +32,13 @@ from tvixd.errors import DataLoss, InvalidRequest, StorageError
 Sink = Callable[[bytes], object]
 
 
-def _str(token: bytes) -> bytes:
+def nar_string(token: bytes) -> bytes:
     """One NAR string: u64 LE length, the bytes, zero padding to a multiple of 8."""
     return len(token).to_bytes(8, "little") + token + b"\0" * (-len(token) % 8)
 
 
 def _strs(*tokens: bytes) -> bytes:
-    return b"".join(_str(t) for t in tokens)
+    return b"".join(nar_string(t) for t in tokens)
 
 
 # The constant runs of nix-compat's writer (SPEC §5.2), with their lengths as checked by the tests.
