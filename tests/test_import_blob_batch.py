@@ -161,14 +161,18 @@ def test_grpc_batch_raises_a_failed_upload_before_commit(tmp_path, monkeypatch):
         service = from_addr(daemon.addr)
         batch = service.batch()
         blobs = [os.urandom(100_000) for _ in range(4)]  # each refused: a call over the daemon's limit
-        for data in blobs[:3]:
-            # 1: packed; 2: sends call 1; 3: sends call 2 once call 1 has ended (failed)
+        # close 1 packs blob 1; close 2 sends call 1; close 3 raises if call 1 has failed by then, else
+        # waits for its slot and sends call 2; close 4 at the latest sees call 1's failure.
+        raised_at = None
+        for i, data in enumerate(blobs, start=1):
             w = batch.open_write()
             w.write(data)
-            w.close()
-        w = batch.open_write()
-        w.write(blobs[3])
-        with pytest.raises(errors.ResourceExhausted, match="max_message_size=65536"):
-            w.close()
+            try:
+                w.close()
+            except errors.ResourceExhausted as e:
+                assert "max_message_size=65536" in str(e)
+                raised_at = i
+                break
+        assert raised_at in (3, 4), f"the failed upload surfaced at close {raised_at}, not before commit"
         batch.abort()
         service.close()
