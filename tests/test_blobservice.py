@@ -604,3 +604,35 @@ def test_fs_open_verified_windows(fs_service, small_windows):
     assert b"".join(windows) == data
     with pytest.raises(AlreadyClosed):
         next(blob.windows())
+
+
+@pytest.mark.parametrize("addr", ["memory://", "fs://{tmp}/blobs"], ids=["memory", "fs"])
+def test_embedded_batch_makes_blobs_visible_only_at_commit(tmp_path, addr):
+    """memory:// and fs:// defer a batch's blobs: invisible until commit, gone after abort or a failed precommit."""
+    service = from_addr(addr.format(tmp=tmp_path))
+    try:
+        def put(batch, data: bytes) -> B3Digest:
+            with batch.open_write() as w:
+                w.write(data)
+                return w.close()
+
+        batch = service.batch()
+        aborted = put(batch, b"aborted " * 10_000)
+        batch.abort()
+        refused = put(batch, b"refused " * 10_000)
+
+        class ClientLeft(Exception):
+            pass
+
+        def client_left() -> None:
+            raise ClientLeft
+
+        with pytest.raises(ClientLeft):
+            batch.commit(precommit=client_left)
+        kept = put(batch, b"kept " * 10_000)
+        assert not service.has(kept)
+        batch.commit()
+        assert service.has(kept) and service.open_read(kept).read() == b"kept " * 10_000
+        assert not service.has(aborted) and not service.has(refused)
+    finally:
+        service.close()

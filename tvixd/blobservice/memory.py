@@ -7,7 +7,7 @@ import threading
 
 import blake3
 
-from tvixd.blobservice.base import BlobReader, BlobService, BlobWriter, Precommit, run_precommit
+from tvixd.blobservice.base import BlobBatch, BlobReader, BlobService, BlobWriter, Precommit, run_precommit
 from tvixd.castore.digest import B3Digest
 from tvixd.errors import AlreadyClosed
 
@@ -43,10 +43,11 @@ class BytesBlobReader(BlobReader):
 
 
 class _MemoryBlobWriter(BlobWriter):
-    """Buffers the blob in memory and hashes it as it arrives; inserts on close."""
+    """Buffers the blob in memory and hashes it as it arrives; inserts on close (into its batch, if any)."""
 
-    def __init__(self, service: MemoryBlobService) -> None:
+    def __init__(self, service: MemoryBlobService, batch: _MemoryBlobBatch | None = None) -> None:
         self._service = service
+        self._batch = batch
         self._buf: bytearray | None = bytearray()
         self._hasher = blake3.blake3()
         self._digest: B3Digest | None = None
@@ -65,13 +66,48 @@ class _MemoryBlobWriter(BlobWriter):
             raise AlreadyClosed("blob writer was aborted")
         digest = B3Digest(self._hasher.digest())
         run_precommit(precommit, self.abort)
-        self._service._insert(digest, bytes(self._buf))
+        if self._batch is not None:
+            self._batch._add(digest, bytes(self._buf))
+        else:
+            self._service._insert(digest, bytes(self._buf))
         self._buf = None
         self._digest = digest
         return digest
 
     def abort(self) -> None:
         self._buf = None
+
+
+class _MemoryBlobBatch(BlobBatch):
+    """Blobs closed into the batch become visible together at ``commit``; ``abort`` drops them.
+
+    Why not the default batch (visible at each close): the daemon's PutBlobs promises that nothing of a
+    failed or cancelled call becomes visible, and a daemon on memory:// should keep that promise too.
+    """
+
+    def __init__(self, service: MemoryBlobService) -> None:
+        super().__init__(service)
+        self._lock = threading.Lock()
+        self._pending: dict[B3Digest, bytes] = {}
+
+    def open_write(self) -> BlobWriter:
+        return _MemoryBlobWriter(self.service, self)  # type: ignore[arg-type]
+
+    def _add(self, digest: B3Digest, data: bytes) -> None:
+        with self._lock:
+            self._pending.setdefault(digest, data)
+
+    def commit(self, precommit: Precommit | None = None) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        if precommit is not None:
+            precommit()  # raises: the blobs taken above are dropped, as by abort()
+        for digest, data in pending.items():
+            self.service._insert(digest, data)  # type: ignore[attr-defined]
+
+    def abort(self) -> None:
+        with self._lock:
+            self._pending.clear()
 
 
 class MemoryBlobService(BlobService):
@@ -99,3 +135,6 @@ class MemoryBlobService(BlobService):
 
     def open_write(self) -> BlobWriter:
         return _MemoryBlobWriter(self)
+
+    def batch(self) -> BlobBatch:
+        return _MemoryBlobBatch(self)
