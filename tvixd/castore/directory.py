@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
+from operator import attrgetter
 
 import blake3
 
 from tvixd.castore.digest import DIGEST_LEN, B3Digest
+from tvixd.castore.entries import merged
 from tvixd.errors import InvalidRequest
 from tvixd.proto.castore_pb2 import Directory, DirectoryNode, FileNode, SymlinkNode
 
@@ -112,28 +114,7 @@ def directory_nodes(directory: Directory) -> Iterator[AnyNode]:
         return iter(files)
     if not dirs and not files:
         return iter(links)
-    return _merged(dirs, files, links)
+    return merged(dirs, files, links, _node_name)
 
 
-def _merged(
-    dirs: Sequence[DirectoryNode], files: Sequence[FileNode], links: Sequence[SymlinkNode]
-) -> Iterator[AnyNode]:
-    """The merge of :func:`directory_nodes`; each list's current name is read once."""
-    i = j = k = 0
-    nd, nf, ns = len(dirs), len(files), len(links)
-    d = dirs[0].name if nd else None
-    f = files[0].name if nf else None
-    s = links[0].name if ns else None
-    while d is not None or f is not None or s is not None:
-        if d is not None and (f is None or d < f) and (s is None or d < s):
-            yield dirs[i]
-            i += 1
-            d = dirs[i].name if i < nd else None
-        elif f is not None and (d is None or d >= f) and (s is None or f < s):
-            yield files[j]
-            j += 1
-            f = files[j].name if j < nf else None
-        else:
-            yield links[k]
-            k += 1
-            s = links[k].name if k < ns else None
+_node_name = attrgetter("name")

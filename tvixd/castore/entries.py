@@ -20,10 +20,11 @@ so the caller falls back to protobuf, which reads every valid wire form.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from operator import itemgetter
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
 
     from tvixd.castore.directory import AnyNode
     from tvixd.proto.castore_pb2 import Directory
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 DIRECTORY, FILE, SYMLINK = 0, 1, 2
 
 Entry = tuple[int, bytes, bytes, int, bool]
+T = TypeVar("T")
 
 _DIGEST_LEN = 32
 _TAG_KIND = {0x0A: DIRECTORY, 0x12: FILE, 0x1A: SYMLINK}
@@ -168,11 +170,9 @@ def decode_root_node(path_info: bytes) -> Entry | None:
 
 
 def merge(dirs: list[Entry], files: list[Entry], links: list[Entry]) -> list[Entry]:
-    """The three name-sorted lists as one, in ascending bytewise name order (NAR order).
+    """The three name-sorted lists of entries as one, in NAR order (see :func:`merged`).
 
-    Same order and tie rule as :func:`tvixd.castore.directory.directory_nodes` (SPEC §5.5),
-    which also keeps invalid input (unsorted lists, a name twice) in a predictable order for
-    the NAR writer to refuse. A directory of one kind of child is that list as it is.
+    A directory of one kind of child is that list as it is.
     """
     if not files and not links:
         return dirs
@@ -180,23 +180,39 @@ def merge(dirs: list[Entry], files: list[Entry], links: list[Entry]) -> list[Ent
         return files
     if not dirs and not files:
         return links
-    out: list[Entry] = []
+    return list(merged(dirs, files, links, _entry_name))
+
+
+_entry_name = itemgetter(1)
+
+
+def merged(dirs: Sequence[T], files: Sequence[T], links: Sequence[T], name: Callable[[T], bytes]) -> Iterator[T]:
+    """The three name-sorted lists of a directory (``name(item)``: an item's name) as one, in ascending
+    bytewise name order (NAR order): for entry tuples (:func:`merge`) and for protobuf nodes
+    (:func:`tvixd.castore.directory.directory_nodes`).
+
+    The tie rule of SPEC §5.5 (a directory comes first only when strictly smaller, etc.) keeps
+    invalid input (unsorted lists, a name twice) in a predictable order for the NAR writer to
+    refuse. Each list's current name is read once.
+    """
     i = j = k = 0
     nd, nf, ns = len(dirs), len(files), len(links)
-    while i < nd or j < nf or k < ns:
-        d = dirs[i][1] if i < nd else None
-        f = files[j][1] if j < nf else None
-        s = links[k][1] if k < ns else None
+    d = name(dirs[0]) if nd else None
+    f = name(files[0]) if nf else None
+    s = name(links[0]) if ns else None
+    while d is not None or f is not None or s is not None:
         if d is not None and (f is None or d < f) and (s is None or d < s):
-            out.append(dirs[i])
+            yield dirs[i]
             i += 1
+            d = name(dirs[i]) if i < nd else None
         elif f is not None and (d is None or d >= f) and (s is None or f < s):
-            out.append(files[j])
+            yield files[j]
             j += 1
+            f = name(files[j]) if j < nf else None
         else:
-            out.append(links[k])
+            yield links[k]
             k += 1
-    return out
+            s = name(links[k]) if k < ns else None
 
 
 def node_entry(node: AnyNode) -> Entry:
