@@ -160,14 +160,12 @@ def _collect_garbage_less_often() -> None:
     Every file allocates short-lived containers (gRPC call state, futures, protobuf
     messages) that die by reference counting, so at the default threshold the
     collector runs every few files and rescans what survives (pending directories,
-    the store's objects). ``gc.freeze`` keeps the start-up objects (modules,
-    classes) out of later full collections. Through a daemon, /usr/share/doc:
-    client CPU 3.47 -> 3.20 s (mean of 6 alternated runs, load 13-15). Cycles are
-    still collected, only later.
+    the store's objects); the start-up objects are frozen already (``tvixd.cli.main``).
+    Through a daemon, /usr/share/doc: client CPU 3.47 -> 3.20 s (mean of 6 alternated
+    runs, load 13-15). Cycles are still collected, only later.
     """
     import gc
 
-    gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
 
 
