@@ -6,6 +6,8 @@ import io
 import itertools
 import os
 import re
+import shutil
+import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -491,6 +493,8 @@ def test_fs_large_blob_in_many_chunks_with_early_writeback(fs_service, tmp_path,
     monkeypatch.setattr(fs, "WRITEBACK_WINDOW", 256 << 10)  # many windows in a few MiB
     monkeypatch.setattr(fs, "WRITE_BEHIND_FROM", 1 << 20 if behind else 1 << 40)
     monkeypatch.setattr(fs, "WRITE_BEHIND_BYTES", 1 << 20)  # the writer waits for the thread now and then
+    monkeypatch.setattr(fs, "DROP_BEHIND", 512 << 10)  # written-out bytes leave the page cache 2 windows back
+    monkeypatch.setattr(fs, "DROP_ALIGN", 1 << 20)
     data = random.Random(7).randbytes(5 * (1 << 20) + 12345)
     sizes = itertools.cycle([777, 100_000, 1_500_000, 3, 300_001])
     batch = fs_service.batch() if batched else None
@@ -506,15 +510,23 @@ def test_fs_large_blob_in_many_chunks_with_early_writeback(fs_service, tmp_path,
         pos += len(chunk)
     assert (writer._behind is not None) == behind
     digest = writer.close()
+    h = digest.hex()
+    final = tmp_path / "blobs" / h[:2] / h[2:]
     if fs._load_sync_file_range() is not None:  # Linux: writeback was started on completed windows, never past the end
         assert 4 << 20 < writer._out.writeback_from <= len(data)
+        # ... and bytes more than DROP_BEHIND behind it were written out and dropped from the page cache
+        assert 2 << 20 <= writer._out.cached_from <= writer._out.writeback_from - (512 << 10)
+        assert writer._out.cached_from % (1 << 20) == 0
     if batch is not None:
         batch.commit()
+    if fs._load_sync_file_range() is not None and shutil.which("fincore"):
+        cached = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(final)],
+                                capture_output=True, text=True, check=True).stdout
+        assert int(cached) <= len(data) - writer._out.cached_from + 4095  # whole pages
     assert digest == blake3.blake3(data).digest()
     assert read_all(fs_service, digest) == data  # a verified sequential read
     assert fs_service.read_verified(digest, len(data)) == data
-    h = digest.hex()
-    assert (tmp_path / "blobs" / h[:2] / h[2:]).read_bytes() == data
+    assert final.read_bytes() == data
     assert temp_files(str(tmp_path / "blobs" / "tmp")) == []
 
 
