@@ -291,6 +291,21 @@ def test_range_requests_and_zstd(nix, source_store):
         status, headers, body = cache.request("GET", url + ".zst")
         assert status == 200 and "content-encoding" not in headers
         assert zstandard.ZstdDecompressor().decompressobj().decompress(body) == nar
+        # HEAD of a compressed NAR: its length is known only by compressing, so no Content-Length (not a
+        # false 0) and no chunked framing; the next request on the same connection still gets its answer.
+        conn = http.client.HTTPConnection("127.0.0.1", cache.port, timeout=60)
+        try:
+            for path, extra in ((url + ".zst", {}), (url, {"Accept-Encoding": "zstd"})):
+                conn.request("HEAD", path, headers=extra)
+                resp = resp_head = conn.getresponse()
+                assert resp.status == 200 and resp.read() == b""
+                assert resp_head.getheader("Content-Length") is None, path
+                assert resp_head.getheader("Transfer-Encoding") is None, path
+                conn.request("GET", f"/{h}.narinfo")
+                resp = conn.getresponse()
+                assert resp.status == 200 and resp.read().startswith(b"StorePath: ")
+        finally:
+            conn.close()
 
 
 def test_not_found_and_bad_requests():

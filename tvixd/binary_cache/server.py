@@ -57,6 +57,21 @@ def _make_handler_class() -> type:
                 pass  # not a TCP socket
             super().handle()
 
+        def finalize_headers(self) -> None:
+            """A HEAD answer without a Content-Length of its own (a compressed NAR) gets none.
+
+            pywsgi would add ``Content-Length: 0`` for the empty body list (false: the GET's body is
+            not empty) or, for an iterator, ``Transfer-Encoding: chunked`` and then send the chunked
+            terminator as if it were a body, which the client would read as the next response.
+            RFC 9110 §9.3.2 lets a HEAD answer omit what is known only by producing the content.
+            """
+            provided = self.provided_content_length is not None
+            super().finalize_headers()
+            if self.command == "HEAD" and not provided:
+                self.response_use_chunked = False
+                self.response_headers = [(k, v) for k, v in self.response_headers
+                                         if k.lower() not in (b"content-length", b"transfer-encoding")]
+
         def _log_error(self, t: Any, v: Any, tb: Any) -> None:
             from greenlet import GreenletExit
 
