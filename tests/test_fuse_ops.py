@@ -102,6 +102,42 @@ def test_root_listing_offsets_name_their_snapshot(store: Store) -> None:
     assert names(fs.readdir(ROOT_INO, first[-1][1], 1 << 16, plus=True), True) == rest
 
 
+def parse_records(buf: bytes, plus: bool) -> list[tuple[bytes, int, int]]:
+    """``(name, next offset, node id of the attributes or 0)`` of each READDIR(PLUS) record in ``buf``."""
+    head = kernel.ENTRY_OUT.size if plus else 0
+    out, pos = [], 0
+    while pos < len(buf):
+        nodeid = struct.unpack_from("<Q", buf, pos)[0] if plus else 0
+        _, off, namelen, _ = kernel.DIRENT.unpack_from(buf, pos + head)
+        start = pos + head + kernel.DIRENT.size
+        out.append((bytes(buf[start : start + namelen]), off, nodeid))
+        pos = start + (namelen + 7) // 8 * 8
+    assert pos == len(buf)
+    return out
+
+
+def test_directory_listing_in_pieces(store: Store) -> None:
+    """A listing read one record per request (continuing at each next offset) equals the whole one, for
+    READDIR, lean READDIRPLUS (attributes for subdirectories only) and full READDIRPLUS (a file statter's)."""
+    fs = StoreFS(store)
+    d = fs.lookup(ROOT_INO, DIR_COMPLICATED.encode())
+    fs.statters.note(7)
+    for plus, pid in ((False, 0), (True, 0), (True, 7)):
+        whole = parse_records(bytes(fs.readdir(d, 0, 1 << 16, plus=plus, pid=pid)), plus)
+        assert [(name, off) for name, off, _ in whole] == [(b".keep", 1), (b"aa", 2), (b"keep", 3)]
+        with_attributes = [name for name, _, nodeid in whole if nodeid]
+        assert with_attributes == ([] if not plus else [b"keep"] if pid == 0 else [b".keep", b"aa", b"keep"])
+        one = 200 if plus else 40  # room for one record (of these short names), not two
+        pieces, offset = [], 0
+        while chunk := bytes(fs.readdir(d, offset, one, plus=plus, pid=pid)):
+            records = parse_records(chunk, plus)
+            assert len(records) == 1
+            pieces += records
+            offset = records[-1][1]
+        assert pieces == whole
+        assert bytes(fs.readdir(d, 2, 1 << 16, plus=plus, pid=pid)) == bytes(fs.readdir(d, 2, one, plus=plus, pid=pid))
+
+
 def test_backward_reads_reopen_a_forward_only_reader(store: Store) -> None:
     from tests.daemon import serve_in_process
 
@@ -161,7 +197,7 @@ def test_small_subtrees_are_fetched_whole(store: Store) -> None:
     keep = fs.lookup(root, b"keep")
     data = fs.inodes.get(keep)
     assert isinstance(data, DirectoryData) and data.populated
-    assert [bytes(n.name) for _, n in data.children or []] == [b".keep"]
+    assert [e[1] for e in data.entries or []] == [b".keep"]
     assert err(fs.lookup, root, b"missing") == errno.ENOENT
 
 

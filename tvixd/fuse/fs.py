@@ -48,13 +48,12 @@ import structlog
 from tvixd.blobservice.base import BlobReader
 from tvixd.blobservice.fs import FsBlobService
 from tvixd.castore.digest import B3Digest
-from tvixd.castore.directory import AnyNode
+from tvixd.castore.entries import FILE, SYMLINK, Entry, directory_entries, node_entry
 from tvixd.castore.storepath import StorePath  # not lazily: the first lookup waited ~1 ms for this
 from tvixd.fuse import kernel
 from tvixd.fuse.inodes import ROOT_INO, DirectoryData, InodeData, InodeTracker
 from tvixd.fuse.kernel import FuseError
 from tvixd.fuse.listing import DTYPE, FULL, LEAN, PLAIN, FileStatters, Listing, pack_listing, request_pid
-from tvixd.proto.castore_pb2 import Directory, FileNode, SymlinkNode
 from tvixd.store import Store
 
 log = structlog.get_logger("tvixd.fuse")
@@ -91,10 +90,10 @@ _FILE_MODE = {False: stat.S_IFREG | 0o444, True: stat.S_IFREG | 0o555}
 _T = TypeVar("_T")
 
 
-def root_node(node_msg: Any) -> AnyNode | None:
-    """The set member of a ``pathinfo_pb2.Node`` oneof, or ``None`` if unset."""
+def root_node(node_msg: Any) -> Entry | None:
+    """The set member of a ``pathinfo_pb2.Node`` oneof as an entry, or ``None`` if unset."""
     which = node_msg.WhichOneof("node")
-    return getattr(node_msg, which) if which else None
+    return node_entry(getattr(node_msg, which)) if which else None
 
 
 def _from_store(fn: Callable[..., _T | None], *args: Any, digest: bytes, failed: str, missing: str) -> _T:
@@ -195,7 +194,7 @@ class StoreFS:
         self._attr_outs: dict[int, bytes] = {}
         self._listings: tuple[dict[int, Listing], ...] = ({}, {}, {})  # by kind: PLAIN, LEAN, FULL
         self.statters = FileStatters()
-        self._roots: OrderedDict[int, list[tuple[int, AnyNode]]] = OrderedDict()
+        self._roots: OrderedDict[int, list[tuple[int, Entry]]] = OrderedDict()
         self._root_gen = itertools.count(1)
         self._backings: dict[int, _Backing] = {}
         self._idle_backings: OrderedDict[int, _Backing] = OrderedDict()  # refs 0, oldest first
@@ -206,15 +205,14 @@ class StoreFS:
         """The varying ``fuse_attr`` fields of an inode (``data`` None: the root): ino size blocks mode blksize."""
         if data is None:
             return ino, 0, 0, stat.S_IFDIR | 0o555, BLKSIZE
-        kind = type(data)
-        if kind is FileNode:
-            size = data.size  # type: ignore[union-attr]
-            return ino, size, (size + 511) // 512, _FILE_MODE[data.executable], BLKSIZE  # type: ignore[union-attr]
-        if kind is SymlinkNode:
-            # Linux ignores a symlink's mode (readlink needs no permission, and diff/tar/rsync do not
-            # compare it), so we keep the reference's 0o444 rather than the conventional 0o777.
-            return ino, len(data.target), 0, stat.S_IFLNK | 0o444, BLKSIZE  # type: ignore[union-attr]
-        return ino, data.size, 0, stat.S_IFDIR | 0o555, BLKSIZE  # type: ignore[union-attr]
+        if type(data) is DirectoryData:
+            return ino, data.size, 0, stat.S_IFDIR | 0o555, BLKSIZE
+        kind, _, ref, size, executable = data  # type: ignore[misc]
+        if kind == FILE:
+            return ino, size, (size + 511) // 512, _FILE_MODE[executable], BLKSIZE
+        # Linux ignores a symlink's mode (readlink needs no permission, and diff/tar/rsync do not
+        # compare it), so we keep the reference's 0o444 rather than the conventional 0o777.
+        return ino, len(ref), 0, stat.S_IFLNK | 0o444, BLKSIZE
 
     def entry(self, ino: int) -> bytes:
         """The packed ``fuse_entry_out`` of a tracked inode (ENOENT if unknown), built once and kept.
@@ -263,24 +261,19 @@ class StoreFS:
         digest = B3Digest(data.digest)
         if 0 < data.size <= SUBTREE_FETCH:
             try:
-                directories = self._fetch_subtree(digest)
+                closure = self.store.directory.get_closure_entries(digest)
             except Exception as e:
                 log.debug("subtree fetch failed, fetching the directory alone", digest=str(digest), error=str(e))
             else:
                 with self._lock:
-                    for sub_digest, directory in directories.items():
-                        self.inodes.put_directory(sub_digest, directory)
+                    self.inodes.put_directories(closure)
                 if data.populated:
                     return data
         directory = _from_store(self.store.directory.get, digest, digest=digest,
                                 failed="directory fetch failed", missing="directory missing from the store")
         with self._lock:
-            self.inodes.put_directory(digest, directory)
+            self.inodes.put_directory(digest, directory_entries(directory))
         return data
-
-    def _fetch_subtree(self, digest: B3Digest) -> dict[B3Digest, Directory]:
-        """The directory and all its descendants by digest (SQLite: one query per tree level)."""
-        return self.store.directory.get_closure(digest)
 
     def lookup(self, parent: int, name: bytes) -> int:
         """The inode of ``name`` in directory ``parent`` (ENOENT, ENOTDIR, EIO)."""
@@ -302,29 +295,26 @@ class StoreFS:
         except Exception:  # not UTF-8, not a store path basename: it can't exist
             raise FuseError(errno.ENOENT) from None
         try:
-            path_info = self.store.path_info.get(store_path.digest)
+            # The root node alone, read without protobuf where the backend can (SQLite).
+            entry = self.store.path_info.get_root_entry(store_path.digest)
         except Exception as e:
             log.error("path info lookup failed", store_path=name.decode(), error=str(e))
             raise FuseError(errno.EIO) from None
-        if path_info is None:
+        if entry is None:
             raise FuseError(errno.ENOENT)
-        node = root_node(path_info.node)
-        if node is None:
-            log.error("path info has no root node", store_path=name.decode())
-            raise FuseError(errno.EIO)
         # The hash alone is not enough: `<hash>-tes` must not find `<hash>-test`.
-        if bytes(node.name) != name:
+        if bytes(entry[1]) != name:
             raise FuseError(errno.ENOENT)
         with self._lock:
-            return self.inodes.put_store_path(name, node)
+            return self.inodes.put_store_path(name, entry)
 
     def readlink(self, ino: int) -> bytes:
         if ino == ROOT_INO:
             raise FuseError(errno.EINVAL)
         data = self._data(ino)
-        if not isinstance(data, SymlinkNode):
+        if type(data) is DirectoryData or data[0] != SYMLINK:  # type: ignore[index]
             raise FuseError(errno.EINVAL)
-        return data.target
+        return data[2]  # type: ignore[index]
 
     def readdir(self, ino: int, offset: int, size: int, *, plus: bool = True, pid: int = 0) -> memoryview | list[bytes]:
         """Packed records (``fuse_direntplus``, or ``fuse_dirent``) from ``offset`` on, at most ``size`` bytes.
@@ -343,8 +333,8 @@ class StoreFS:
         listing = self._listings[kind].get(ino)
         if listing is None:
             data = self._populated(self._data(ino))
-            assert data.children is not None
-            listing = self._listings[kind][ino] = pack_listing(data.children, kind, self.entry)
+            assert data.entries is not None and data.inos is not None
+            listing = self._listings[kind][ino] = pack_listing(data.entries, data.inos, kind, self.entry)
         return listing.window(offset, size)
 
     def _readdir_root(self, offset: int, size: int, plus: bool) -> list[bytes]:
@@ -361,7 +351,7 @@ class StoreFS:
         used = 0
         for i in range(start, len(entries)):
             c, n = entries[i]
-            r = kernel.pack_dirent(c, (gen << 32) | (i + 1), n.name, DTYPE[type(n)])
+            r = kernel.pack_dirent(c, (gen << 32) | (i + 1), n[1], DTYPE[n[0]])
             if plus:
                 r = self.entry(c) + r
             used += len(r)
@@ -370,7 +360,7 @@ class StoreFS:
             out.append(r)
         return out
 
-    def _list_root(self) -> list[tuple[int, AnyNode]]:
+    def _list_root(self) -> list[tuple[int, Entry]]:
         """A snapshot of every store path."""
         try:
             nodes = [n for pi in self.store.path_info.list() if (n := root_node(pi.node)) is not None]
@@ -378,7 +368,7 @@ class StoreFS:
             log.error("listing path infos failed", error=str(e))
             raise FuseError(errno.EIO) from None
         with self._lock:
-            return [(self.inodes.put_store_path(bytes(node.name), node), node) for node in nodes]
+            return [(self.inodes.put_store_path(bytes(node[1]), node), node) for node in nodes]
 
     # -- files -------------------------------------------------------------------------------------------------
 
@@ -391,23 +381,24 @@ class StoreFS:
         data = self._data(ino)
         if isinstance(data, DirectoryData):
             raise FuseError(errno.EISDIR)
-        if isinstance(data, SymlinkNode):
+        kind, _, ref, size, _ = data
+        if kind == SYMLINK:
             raise FuseError(errno.ELOOP)
+        digest = B3Digest(ref)
         blobs = self.store.blob
         handle: _LocalBlob | _FileHandle | _Passthrough
         backing_id = 0
-        if isinstance(blobs, FsBlobService) and data.size <= READ_AHEAD:
-            digest = B3Digest(data.digest)
-            content = _from_store(blobs.read_verified, digest, data.size, digest=digest,
+        if isinstance(blobs, FsBlobService) and size <= READ_AHEAD:
+            content = _from_store(blobs.read_verified, digest, size, digest=digest,
                                   failed="reading blob failed", missing="blob missing from the store")
-            handle = _FileHandle(data.digest, data.size, None, buf=content)
+            handle = _FileHandle(digest, size, None, buf=content)
         elif isinstance(blobs, FsBlobService) and self.session is not None and self.session.passthrough:
-            backing_id = self._backing_ref(ino, blobs, data)
+            backing_id = self._backing_ref(ino, blobs, digest, size)
             handle = _Passthrough(ino)
         elif isinstance(blobs, FsBlobService):
-            handle = self._open_local(blobs, data)
+            handle = self._open_local(blobs, digest, size)
         else:
-            handle = _FileHandle(data.digest, data.size, self._open_blob(data.digest))
+            handle = _FileHandle(digest, size, self._open_blob(digest))
         fh = next(self._fhs)
         self._files[fh] = handle
         if backing_id:
@@ -415,17 +406,16 @@ class StoreFS:
         # Content under an inode never changes, so the kernel may keep its page cache across opens.
         return fh, kernel.FOPEN_KEEP_CACHE, 0
 
-    def _open_local(self, blobs: FsBlobService, data: FileNode) -> _LocalBlob:
-        """Verify the blob file of ``data`` (EIO, logged, if missing or corrupt) and map it for reads."""
-        digest = B3Digest(data.digest)
-        blob = _from_store(blobs.open_verified, digest, data.size, digest=digest,
+    def _open_local(self, blobs: FsBlobService, digest: B3Digest, size: int) -> _LocalBlob:
+        """Verify the blob file of ``digest`` (EIO, logged, if missing or corrupt) and map it for reads."""
+        blob = _from_store(blobs.open_verified, digest, size, digest=digest,
                            failed="reading blob failed", missing="blob missing from the store")  # fmt: skip
         try:
-            return _LocalBlob(data.size, mmap.mmap(blob.fileno(), data.size, prot=mmap.PROT_READ))
+            return _LocalBlob(size, mmap.mmap(blob.fileno(), size, prot=mmap.PROT_READ))
         finally:
             blob.close()  # the mapping keeps its own reference to the file
 
-    def _backing_ref(self, ino: int, blobs: FsBlobService, data: FileNode) -> int:
+    def _backing_ref(self, ino: int, blobs: FsBlobService, digest: B3Digest, size: int) -> int:
         """The passthrough backing id of ``ino``, verifying and registering its blob file on the first open."""
         assert self.session is not None
         with self._lock:
@@ -437,8 +427,7 @@ class StoreFS:
         try:
             with backing.lock:
                 if backing.id is None:
-                    digest = B3Digest(data.digest)
-                    blob = _from_store(blobs.open_verified, digest, data.size, digest=digest,
+                    blob = _from_store(blobs.open_verified, digest, size, digest=digest,
                                        failed="reading blob failed", missing="blob missing from the store")
                     try:
                         backing.id = self.session.backing_open(blob.fileno())
@@ -569,8 +558,8 @@ class StoreFS:
         if not self.show_xattr or ino == ROOT_INO:
             return {}
         data = self._data(ino)
-        if isinstance(data, FileNode):
-            return {XATTR_BLOB_DIGEST: str(B3Digest(data.digest)).encode()}
+        if type(data) is tuple and data[0] == FILE:
+            return {XATTR_BLOB_DIGEST: str(B3Digest(data[2])).encode()}
         if isinstance(data, DirectoryData):
             return {XATTR_DIRECTORY_DIGEST: str(B3Digest(data.digest)).encode()}
         return {}

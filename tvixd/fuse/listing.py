@@ -20,63 +20,97 @@ from __future__ import annotations
 import struct
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
-from itertools import accumulate
-from typing import NamedTuple
 
-from tvixd.castore.directory import AnyNode
+from tvixd.castore.entries import DIRECTORY, Entry
 from tvixd.fuse import kernel
-from tvixd.proto.castore_pb2 import DirectoryNode, FileNode, SymlinkNode
 
 PLAIN, LEAN, FULL = 0, 1, 2
 """Listing kinds: READDIR records; READDIRPLUS records with attributes for subdirectories only; for all."""
 
 DT_DIR, DT_REG, DT_LNK = 4, 8, 10
-DTYPE = {DirectoryNode: DT_DIR, FileNode: DT_REG, SymlinkNode: DT_LNK}
-
-_LEAN_DIRENTPLUS = struct.Struct(f"<{kernel.ENTRY_OUT.size}x" + kernel.DIRENT.format[1:])
-"""A ``fuse_direntplus`` without attributes (its ``fuse_entry_out`` all zeros: node id 0 means "no attributes
-for this record", not ENOENT as in a LOOKUP), without its name."""
+DTYPE = (DT_DIR, DT_REG, DT_LNK)
+"""``d_type`` by entry kind (DIRECTORY 0, FILE 1, SYMLINK 2)."""
 
 STATTERS_KEPT = 1024
 """Processes remembered as wanting attributes (then all are forgotten, see FileStatters)."""
 
-_EMPTY = memoryview(b"")
+
+class _Packers(dict[int, Callable[..., bytes]]):
+    """``packers[len(name)](ino, off, len(name), type, name)``: one record, its name zero-padded to 8 bytes,
+    in one struct pack (a pack, a name and a padding concatenated cost a third more)."""
+
+    def __init__(self, head: int) -> None:
+        super().__init__()
+        self.format = f"<{head}x{kernel.DIRENT.format[1:]}" if head else kernel.DIRENT.format
+
+    def __missing__(self, n: int) -> Callable[..., bytes]:
+        pack = self[n] = struct.Struct(f"{self.format}{(n + 7) & ~7}s").pack
+        return pack
 
 
-class Listing(NamedTuple):
-    """All records of one directory back to back; ``ends[i]`` is where record ``i`` ends."""
+_DIRENT = _Packers(0)
+"""``fuse_dirent`` records (READDIR), and the tail of a READDIRPLUS record with attributes."""
 
-    records: bytes
-    ends: list[int]
+_LEAN_DIRENTPLUS = _Packers(kernel.ENTRY_OUT.size)
+"""``fuse_direntplus`` records without attributes (their ``fuse_entry_out`` all zeros: node id 0 means
+"no attributes for this record", not ENOENT as in a LOOKUP)."""
 
-    def window(self, offset: int, size: int) -> memoryview:
-        """The whole records from number ``offset`` on that fit in ``size`` bytes (empty at the end)."""
-        ends = self.ends
-        if offset >= len(ends):
-            return _EMPTY
+
+class Listing:
+    """All records of one directory back to back (``count`` of them, each ``head`` + a ``fuse_dirent``)."""
+
+    __slots__ = ("_ends", "count", "head", "records")
+
+    def __init__(self, records: bytes, count: int, head: int) -> None:
+        self.records, self.count, self.head = records, count, head
+        self._ends: list[int] | None = None
+
+    def window(self, offset: int, size: int) -> bytes | memoryview:
+        """The whole records from number ``offset`` on that fit in ``size`` bytes (empty at the end).
+
+        The common requests are answered without record boundaries: the whole listing (it fits in
+        one request) and the empty one after it, which ends every listing.
+        """
+        records = self.records
+        if offset == 0 and len(records) <= size:
+            return records
+        if offset >= self.count:
+            return b""
+        ends = self._ends
+        if ends is None:
+            ends = self._ends = self._record_ends()
         start = ends[offset - 1] if offset else 0
         stop = bisect_right(ends, start + size, offset)
-        return memoryview(self.records)[start : ends[stop - 1] if stop > offset else start]
+        return memoryview(records)[start : ends[stop - 1] if stop > offset else start]
+
+    def _record_ends(self) -> list[int]:
+        """Where each record ends (its name length is at byte 16 of its ``fuse_dirent``)."""
+        ends, pos, records, head = [], 0, self.records, self.head
+        while pos < len(records):
+            pos += head + 24 + ((_U32.unpack_from(records, pos + head + 16)[0] + 7) & ~7)
+            ends.append(pos)
+        return ends
 
 
-def pack_listing(children: Sequence[tuple[int, AnyNode]], kind: int, entry: Callable[[int], bytes]) -> Listing:
-    """The records of ``children`` ((inode, node) in listing order) for ``kind``; ``entry(ino)`` packs attributes.
+_U32 = struct.Struct("<I")
 
-    Record ``i`` has next-offset ``i + 1``; names are padded to 8 bytes.
-    """
+
+def pack_listing(entries: Sequence[Entry], inos: Sequence[int], kind: int, entry: Callable[[int], bytes]) -> Listing:
+    """The records of a directory's ``entries`` (in listing order, inodes ``inos``) for ``kind``;
+    ``entry(ino)`` is the packed ``fuse_entry_out`` of a child. Record ``i`` has next-offset ``i + 1``."""
     records = []
-    pack, lean_pack, padding = kernel.DIRENT.pack, _LEAN_DIRENTPLUS.pack, kernel.PADDING
-    for i, (ino, node) in enumerate(children, 1):
-        name = node.name
-        node_type = type(node)
-        if kind == LEAN and node_type is not DirectoryNode:
-            record = lean_pack(ino, i, len(name), DTYPE[node_type]) + name + padding[len(name) & 7]
+    append = records.append
+    dirent, lean = _DIRENT, _LEAN_DIRENTPLUS
+    for off, (e, ino) in enumerate(zip(entries, inos, strict=True), 1):
+        node_kind, name = e[0], e[1]
+        n = len(name)
+        if kind == PLAIN:
+            append(dirent[n](ino, off, n, DTYPE[node_kind], name))
+        elif kind == FULL or node_kind == DIRECTORY:
+            append(entry(ino) + dirent[n](ino, off, n, DTYPE[node_kind], name))
         else:
-            record = pack(ino, i, len(name), DTYPE[node_type]) + name + padding[len(name) & 7]
-            if kind != PLAIN:
-                record = entry(ino) + record
-        records.append(record)
-    return Listing(b"".join(records), list(accumulate(map(len, records))))
+            append(lean[n](ino, off, n, DTYPE[node_kind], name))
+    return Listing(b"".join(records), len(records), 0 if kind == PLAIN else kernel.ENTRY_OUT.size)
 
 
 def request_pid(req: bytes) -> int:
