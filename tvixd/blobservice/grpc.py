@@ -422,8 +422,9 @@ class GrpcBlobBatch(BlobBatch):
     big for a batch message go as one-message Puts (up to :data:`BATCH_INFLIGHT` in
     flight), and so does every blob once the server answered UNIMPLEMENTED (a tvix-store
     server, or an older tvixd: remembered per channel); a batch call the server refuses
-    as too large (RESOURCE_EXHAUSTED, its message limit is lower than ours) is sent
-    again blob by blob, so only the blobs that are too large fail, naming the limit.
+    as too large (RESOURCE_EXHAUSTED naming its message limit, lower than ours) is sent
+    again blob by blob, so only the blobs that are too large fail, naming the limit;
+    any other RESOURCE_EXHAUSTED (the daemon's disk is full) fails the batch as it is.
     Identical blobs of one batch are uploaded once.
 
     :meth:`commit` sends the partly filled call, waits for every upload started before
@@ -554,7 +555,7 @@ class GrpcBlobBatch(BlobBatch):
         code = e.code()
         if code == grpc.StatusCode.UNIMPLEMENTED:
             self.service._channel.blob_batch = False  # a server without BlobBatchService: Put from now on
-        elif code != grpc.StatusCode.RESOURCE_EXHAUSTED or len(upload.digests) == 1:
+        elif code != grpc.StatusCode.RESOURCE_EXHAUSTED or len(upload.digests) == 1 or not _refused_for_size(e):
             return False
         for digest, chunk in zip(upload.digests, upload.chunks, strict=True):  # type: ignore[arg-type]
             self._put_slots.acquire()
@@ -574,6 +575,17 @@ class GrpcBlobBatch(BlobBatch):
         for upload in uploads:
             upload.future.cancel()  # type: ignore[union-attr]
             self._sent.difference_update(upload.digests)
+
+
+def _refused_for_size(e: grpc.RpcError) -> bool:
+    """Whether a RESOURCE_EXHAUSTED answer refused the call for its size, which smaller calls can help.
+
+    grpcio's own refusal says "larger than max"; a tvixd daemon's names ``max_message_size=``
+    (tvixd.server.servicers). A full disk (also RESOURCE_EXHAUSTED) would fail every resent blob
+    the same way after uploading them all again.
+    """
+    details = e.details() or ""
+    return "larger than max" in details or "max_message_size=" in details
 
 
 def _mismatch(url: str, sent: list[B3Digest], got: list[bytes]) -> str:
