@@ -53,6 +53,20 @@ def tvixd():
     return run_tvixd
 
 
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """An empty directory on its own 1 MiB tmpfs, to fill up (mounting needs root: skipped otherwise)."""
+    root = tmp_path / "small-disk"
+    root.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(root)], capture_output=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill: {mount.stderr.decode().strip()}")
+    try:
+        yield root
+    finally:
+        subprocess.run(["umount", str(root)], check=True)
+
+
 # The conformance suites' fixtures: one parametrised fixture per service, over every
 # backend registered in tests/backends.py (the grpc helper adds gRPC clients there).
 from tests.backends import BLOB_BACKENDS, DIRECTORY_BACKENDS, PATH_INFO_BACKENDS  # noqa: E402

@@ -427,38 +427,29 @@ def test_fs_os_error_names_path(fs_service, tmp_path):
 
 
 @pytest.mark.parametrize("behind", [False, True], ids=["inline", "write-behind"])
-def test_fs_disk_full(tmp_path, monkeypatch, behind):
-    """ENOSPC → ResourceExhausted, and nothing visible (a 1 MiB tmpfs; needs root to mount).
+def test_fs_disk_full(small_disk, monkeypatch, behind):
+    """ENOSPC → ResourceExhausted, and nothing visible (a 1 MiB tmpfs).
 
     With write-behind the failing write happens on the writer's thread and surfaces in a later
     ``write`` or in ``close``.
     """
-    import subprocess
-
     from tvixd.blobservice import fs
     from tvixd.blobservice.fs import FsBlobService
     from tvixd.errors import ResourceExhausted
 
     monkeypatch.setattr(fs, "WRITE_BEHIND_FROM", 300_000 if behind else 1 << 40)
 
-    root = tmp_path / "blobs"
-    root.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(root)], capture_output=True)
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill: {mount.stderr.decode().strip()}")
-    try:
-        service = FsBlobService(str(root))
-        writer = service.open_write()
-        with pytest.raises(ResourceExhausted, match="no space"):
-            for _ in range(30):
-                writer.write(BLOB_B[:200_000])
-            writer.close()
-        assert writer._behind is None  # the thread (if any) has ended
-        assert blob_files(root) == []
-        assert list((root / "tmp").iterdir()) == []
-        assert put(service, BLOB_A) == BLOB_A_DIGEST  # still usable afterwards
-    finally:
-        subprocess.run(["umount", str(root)], check=True)
+    root = small_disk
+    service = FsBlobService(str(root))
+    writer = service.open_write()
+    with pytest.raises(ResourceExhausted, match="no space"):
+        for _ in range(30):
+            writer.write(BLOB_B[:200_000])
+        writer.close()
+    assert writer._behind is None  # the thread (if any) has ended
+    assert blob_files(root) == []
+    assert list((root / "tmp").iterdir()) == []
+    assert put(service, BLOB_A) == BLOB_A_DIGEST  # still usable afterwards
 
 
 def test_fs_recreates_missing_fan_out_directory(fs_service, tmp_path):
