@@ -316,7 +316,9 @@ class StoreFS:
             raise FuseError(errno.EINVAL)
         return data[2]  # type: ignore[index]
 
-    def readdir(self, ino: int, offset: int, size: int, *, plus: bool = True, pid: int = 0) -> memoryview | list[bytes]:
+    def readdir(
+        self, ino: int, offset: int, size: int, *, plus: bool = True, pid: int = 0
+    ) -> bytes | memoryview | list[bytes]:
         """Packed records (``fuse_direntplus``, or ``fuse_dirent``) from ``offset`` on, at most ``size`` bytes.
 
         Offsets: entry i of a directory's immutable, merged child list has next-offset i + 1. No
@@ -578,16 +580,11 @@ class StoreFS:
         A hint (a wrong "no" only delays other requests): fetches of unknown store paths and sparse
         directories, root listings, opens (blob reads, verification) and reads not yet in memory.
         """
-        if opcode == kernel.LOOKUP:
+        if opcode == kernel.READDIRPLUS or opcode == kernel.LOOKUP or opcode == kernel.READDIR:
             if nodeid == ROOT_INO:
-                return self.inodes.store_path(req[kernel.IN_HEADER_SIZE : -1]) is None
+                return opcode != kernel.LOOKUP or self.inodes.store_path(req[kernel.IN_HEADER_SIZE : -1]) is None
             data = self.inodes.get(nodeid)
-            return isinstance(data, DirectoryData) and not data.populated
-        if opcode == kernel.READDIRPLUS or opcode == kernel.READDIR:
-            if nodeid == ROOT_INO:
-                return True
-            data = self.inodes.get(nodeid)
-            return isinstance(data, DirectoryData) and not data.populated
+            return type(data) is DirectoryData and data.entries is None
         if opcode == kernel.OPEN:
             return True
         if opcode == kernel.READ or opcode == kernel.RELEASE:
@@ -614,11 +611,17 @@ class StoreFS:
                 self.statters.note(request_pid(req))  # it wants attributes its listings could carry
             return self.entry(ino)
 
-        def readdirplus(nodeid: int, req: bytes) -> memoryview | list[bytes]:
-            _, offset, size, _ = read_in.unpack_from(req, h)
-            return self.readdir(nodeid, offset, size, plus=True, pid=request_pid(req))
+        lean_listings, statters = self._listings[LEAN], self.statters
 
-        def readdir(nodeid: int, req: bytes) -> memoryview | list[bytes]:
+        def readdirplus(nodeid: int, req: bytes) -> bytes | memoryview | list[bytes]:
+            _, offset, size, _ = read_in.unpack_from(req, h)
+            pid = request_pid(req)
+            listing = lean_listings.get(nodeid)
+            if listing is not None and pid not in statters:  # the common case (`find`), without readdir's checks
+                return listing.window(offset, size)
+            return self.readdir(nodeid, offset, size, plus=True, pid=pid)
+
+        def readdir(nodeid: int, req: bytes) -> bytes | memoryview | list[bytes]:
             _, offset, size, _ = read_in.unpack_from(req, h)
             return self.readdir(nodeid, offset, size, plus=False)
 

@@ -78,6 +78,7 @@ DEV_IOC_BACKING_CLOSE = (1 << 30) | (4 << 16) | (229 << 8) | 2
 IN_HEADER = struct.Struct("<IIQQIIIHH")  # len, opcode, unique, nodeid, uid, gid, pid, total_extlen, padding
 OUT_HEADER = struct.Struct("<IiQ")  # len, error (negative errno), unique
 IN_HEADER_SIZE = IN_HEADER.size  # 40
+_pack_out_header = OUT_HEADER.pack
 # ino size blocks atime mtime ctime atimensec mtimensec ctimensec mode nlink uid gid rdev blksize flags
 ATTR = struct.Struct("<QQQQQQIIIIIIIIII")
 ENTRY_OUT_HEAD = struct.Struct("<QQQQII")  # nodeid generation entry_valid attr_valid entry_valid_nsec attr_valid_nsec
@@ -256,13 +257,23 @@ class Session:
 
     # replies may be written from any thread: each is one writev, which the kernel takes whole
     def reply(self, unique: int, payload: Reply) -> None:
-        if payload is None:
-            self._write([OUT_HEADER.pack(16, 0, unique)])
-        elif isinstance(payload, (bytes, bytearray, memoryview)):
-            self._write([OUT_HEADER.pack(16 + len(payload), 0, unique), payload])
+        """Write the reply to request ``unique``: a buffer (maybe empty), a sequence of buffers, or None (no payload).
+
+        One call for the common answers (it runs ~1,700 times for a fresh mount's `find` of /usr/share/doc)."""
+        kind = type(payload)
+        if kind is bytes or kind is memoryview or kind is bytearray:
+            if payload:
+                buffers = [_pack_out_header(16 + len(payload), 0, unique), payload]  # type: ignore[arg-type]
+            else:
+                buffers = [_pack_out_header(16, 0, unique)]  # the end of a listing, most often
+        elif payload is None:
+            buffers = [_pack_out_header(16, 0, unique)]
         else:
-            size = 16 + sum(len(p) for p in payload)
-            self._write([OUT_HEADER.pack(size, 0, unique), *payload])
+            buffers = [_pack_out_header(16 + sum(len(p) for p in payload), 0, unique), *payload]  # type: ignore[union-attr]
+        try:
+            os.writev(self.fd, buffers)
+        except OSError as e:
+            self._write_failed(e)
 
     def reply_error(self, unique: int, err: int) -> None:
         self._write([OUT_HEADER.pack(16, -err, unique)])
@@ -271,9 +282,13 @@ class Session:
         try:
             os.writev(self.fd, buffers)
         except OSError as e:
-            # ENOENT: the request was interrupted or aborted meanwhile; ENODEV: the mount is gone.
-            if e.errno not in (errno.ENOENT, errno.ENODEV):
-                log.error("writing a FUSE reply failed", error=str(e))
+            self._write_failed(e)
+
+    @staticmethod
+    def _write_failed(e: OSError) -> None:
+        # ENOENT: the request was interrupted or aborted meanwhile; ENODEV: the mount is gone.
+        if e.errno not in (errno.ENOENT, errno.ENODEV):
+            log.error("writing a FUSE reply failed", error=str(e))
 
     def start(self) -> None:
         """Start the request loop and the workers."""
