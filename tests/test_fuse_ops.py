@@ -13,7 +13,7 @@ import os
 import socket
 import struct
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -228,10 +228,17 @@ class Wire:
 
 @pytest.fixture
 def wire(store: Store) -> Iterator[Wire]:
+    with serving(StoreFS(store)) as w:
+        yield w
+
+
+@contextmanager
+def serving(fs: StoreFS) -> Iterator[Wire]:
+    """A Session answering for ``fs`` (as a mount sets it up), INIT done; the kernel's side of it."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     theirs.settimeout(60)
-    fs = StoreFS(store)
     session = kernel.Session(ours.fileno(), fs.handlers(), threads=2, may_block=fs.may_block)
+    fs.session = session
     session.start()
     w = Wire(theirs)
     flags = kernel.DO_READDIRPLUS | kernel.NO_OPENDIR_SUPPORT | kernel.INIT_EXT | kernel.ASYNC_READ
@@ -280,6 +287,30 @@ def test_protocol_answers_everything_without_crashing(wire: Wire) -> None:
     assert wire.call(kernel.GETXATTR, ino, struct.pack("<II", 100, 0) + b"user.x\0")[0] == errno.ENOSYS
     assert wire.call(kernel.LISTXATTR, ino, struct.pack("<II", 0, 0))[0] == errno.ENOSYS
     assert wire.call(kernel.LOOKUP, ROOT_INO, FILE_A.encode() + b"\0")[0] == 0
+
+
+def test_subdirectory_listings_are_packed_while_idle(store: Store) -> None:
+    """Serving a listing queues its subdirectories' listings, which the loop packs while no request waits
+    (`find` asks for them next); a request for one is then answered from the packed listing."""
+    import time
+
+    fs = StoreFS(store)
+    with serving(fs) as w:
+        e, out = w.call(kernel.LOOKUP, ROOT_INO, DIR_COMPLICATED.encode() + b"\0")
+        assert e == 0
+        root = struct.unpack_from("<Q", out)[0]
+        keep = fs.lookup(root, b"keep")  # populated with its store path, not listed yet
+        lean = fs._listings[1]
+        assert keep not in lean
+        e, out = w.call(kernel.READDIRPLUS, root, kernel.READ_IN.pack(0, 0, 4096, 0) + bytes(16))
+        assert e == 0 and [r[0] for r in parse_listing(out, True)] == [b".keep", b"aa", b"keep"]
+        deadline = time.monotonic() + 30
+        while keep not in lean and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert keep in lean, "the subdirectory's listing was not packed while idle"
+        packed = bytes(lean[keep].records)
+        e, out = w.call(kernel.READDIRPLUS, keep, kernel.READ_IN.pack(0, 0, 4096, 0) + bytes(16))
+        assert (e, out) == (0, packed) and [r[0] for r in parse_listing(out, True)] == [b".keep"]
 
 
 def test_a_blocked_request_does_not_stall_the_others() -> None:
