@@ -185,13 +185,19 @@ Where the time goes (tvixd speaks the FUSE protocol itself: tvixd/fuse/kernel.py
   backing file stays registered after close (64 most recent), so the same mount's second `cat`
   verifies nothing again.
 - find: the kernel sends no OPENDIR/RELEASEDIR (FUSE_NO_OPENDIR_SUPPORT) and caches listings, so a
-  fresh mount costs 2 READDIRPLUS per directory (the second, empty one ends the listing; the kernel
-  asks until it gets one) and a repeated `find` almost none. Listings are packed once per directory
-  into one buffer and carry attributes for subdirectories only (node id 0 for files: no inode per
-  file in the kernel) until a process looks a file up. A fresh mount's cost is then the round trips
-  (~1,700 for /usr/share/doc; with every listing prepared before the `find`, it still took ~58 ms
-  against ~18 ms for the original) plus populating the tree: one SQLite query per tree level, one
-  inode and one record per entry in Python (~30 ms); that bounds it above 3x."""
+  fresh mount costs 2 READDIRPLUS per directory (the second, empty one ends the listing: the kernel
+  marks its listing cache complete only on an empty reply) and a repeated `find` almost none.
+  Listings carry attributes for subdirectories only (node id 0 for files: no inode per file in the
+  kernel) until a process looks a file up. The first listing of a store path fetches its whole tree
+  (`get_closure_entries`: one SQLite query per tree level, rows checked with blake3 and decoded
+  without protobuf, ~10 ms for /usr/share/doc's 818 directories, most of it the pure-Python decode)
+  and gives every entry its inode (~3 ms); each served listing queues its subdirectories' listings,
+  which the request loop packs between requests (`Session.idle_work`). What bounds a fresh mount is
+  the ~1,700 round trips: with every listing packed before `find` starts, it still takes ~50 ms with
+  `find` and the mount on one CPU and 55-80 ms on two (against 18-20 ms for the original; load ~1):
+  ~2.8 us of Python per request, the rest is the kernel's (request and reply copies, waking the other
+  side, the listing cache, one inode per directory). Add the tree fetch and the 3x goal is out of reach
+  for this request pattern."""
 
 
 def main() -> None:
