@@ -254,9 +254,10 @@ class StoreFS:
         """``data`` as a populated directory, fetching it from the DirectoryService if still sparse.
 
         A small subtree (at most :data:`SUBTREE_FETCH` elements, known from the DirectoryNode's size)
-        is fetched whole with one ``get_recursive`` (one RPC for a gRPC store) instead of one fetch per
-        directory. If that fails (e.g. a descendant is missing), only this directory is fetched, so a
-        broken subdirectory gives EIO on itself alone.
+        is fetched whole with one ``get_closure_entries`` (SQLite: one query per tree level, rows
+        decoded without protobuf; a gRPC store: one stream) instead of one fetch per directory. If
+        that fails (e.g. a descendant is missing), only this directory is fetched, so a broken
+        subdirectory gives EIO on itself alone.
         """
         if not isinstance(data, DirectoryData):
             raise FuseError(errno.ENOTDIR)
