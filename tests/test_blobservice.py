@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import itertools
 import os
@@ -519,6 +520,40 @@ def test_fs_large_blob_in_many_chunks_with_early_writeback(fs_service, tmp_path,
     assert fs_service.read_verified(digest, len(data)) == data
     assert final.read_bytes() == data
     assert temp_files(str(tmp_path / "blobs" / "tmp")) == []
+
+
+@pytest.mark.parametrize("behind", [False, True])
+def test_fs_writeback_error_while_dropping_fails_the_write(fs_service, tmp_path, monkeypatch, behind):
+    """A write error reported while waiting for a range's writeback (before dropping its pages) fails the
+    blob: nothing visible, no temp file. Waiting takes the error from the file's error cursor, so the
+    final fsync would not report it again. (The disk error itself is simulated: the wait answers EIO.)"""
+    import ctypes
+
+    from tvixd.blobservice import fs
+    from tvixd.errors import StorageError
+
+    real = fs._load_sync_file_range()
+    if real is None:
+        pytest.skip("no sync_file_range here")
+
+    def failing_wait(fd: int, offset: int, nbytes: int, flags: int) -> int:
+        if flags == fs.SYNC_FILE_RANGE_WAIT_ALL:
+            ctypes.set_errno(errno.EIO)
+            return -1
+        return real(fd, offset, nbytes, flags)
+
+    monkeypatch.setattr(fs, "_load_sync_file_range", lambda: failing_wait)
+    monkeypatch.setattr(fs, "WRITEBACK_WINDOW", 256 << 10)
+    monkeypatch.setattr(fs, "WRITE_BEHIND_FROM", 1 << 20 if behind else 1 << 40)
+    monkeypatch.setattr(fs, "DROP_BEHIND", 512 << 10)
+    monkeypatch.setattr(fs, "DROP_ALIGN", 1 << 20)
+    writer = fs_service.open_write()
+    with pytest.raises(StorageError, match="Input/output error"):
+        for _ in range(24):
+            writer.write(os.urandom(256 << 10))
+        writer.close()
+    assert blob_files(tmp_path / "blobs") == []
+    assert temp_files(tmp_path / "blobs" / "tmp") == []
 
 
 def test_fs_write_behind_abort_and_abandon_leave_nothing(fs_service, tmp_path, monkeypatch):

@@ -387,7 +387,13 @@ class _TempFileOut:
             drop_to = (self.writeback_from - DROP_BEHIND) // DROP_ALIGN * DROP_ALIGN
             if drop_to > self.cached_from:
                 written = drop_to - self.cached_from
-                sync_file_range(self.fd, self.cached_from, written, SYNC_FILE_RANGE_WAIT_ALL)
+                # Not advice: waiting for writeback takes the file's write error for itself (the
+                # kernel's per-file error cursor moves on), so the final fsync would no longer see it.
+                if sync_file_range(self.fd, self.cached_from, written, SYNC_FILE_RANGE_WAIT_ALL) != 0:
+                    import ctypes
+
+                    err = ctypes.get_errno()
+                    raise OSError(err, os.strerror(err))
                 try:
                     os.posix_fadvise(self.fd, self.cached_from, written, os.POSIX_FADV_DONTNEED)
                 except OSError:
