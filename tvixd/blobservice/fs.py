@@ -139,7 +139,16 @@ def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
 
 
 SYNC_FILE_RANGE_WRITE = 2
+SYNC_FILE_RANGE_WAIT_AFTER = 4
 SYNC_FILE_RANGE_WAIT_ALL = 7  # WAIT_BEFORE | WRITE | WAIT_AFTER: the range is on disk (not durable: no flush)
+
+
+def _raise_errno(what: str) -> None:
+    """Raise the OSError of the libc call that just failed (``ctypes`` keeps its errno)."""
+    import ctypes
+
+    err = ctypes.get_errno()
+    raise OSError(err, os.strerror(err), what)
 
 
 def _syncfs(path: str) -> bool:
@@ -150,10 +159,7 @@ def _syncfs(path: str) -> bool:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         if syncfs(fd) != 0:
-            import ctypes
-
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), path)
+            _raise_errno(path)
     finally:
         os.close(fd)
     return True
@@ -390,10 +396,7 @@ class _TempFileOut:
                 # Not advice: waiting for writeback takes the file's write error for itself (the
                 # kernel's per-file error cursor moves on), so the final fsync would no longer see it.
                 if sync_file_range(self.fd, self.cached_from, written, SYNC_FILE_RANGE_WAIT_ALL) != 0:
-                    import ctypes
-
-                    err = ctypes.get_errno()
-                    raise OSError(err, os.strerror(err))
+                    _raise_errno("temp file")
                 try:
                     os.posix_fadvise(self.fd, self.cached_from, written, os.POSIX_FADV_DONTNEED)
                 except OSError:
@@ -684,6 +687,8 @@ class FsBlobBatch(BlobBatch):
         try:
             if fs.group is not None:
                 fs.group.wait()  # shared with batches committing now
+                for source, _ in pending:
+                    _check_writeback(source)
             else:
                 for source, _ in pending:
                     _fsync_source(source)
@@ -723,6 +728,26 @@ class FsBlobBatch(BlobBatch):
                     os.unlink(source)
                 except FileNotFoundError:
                     pass
+
+
+def _check_writeback(source: str | int) -> None:
+    """Raise the write error the kernel recorded for this temp file's writeback, if there was one.
+
+    Why: a batch's bytes are made durable by a shared ``syncfs``, and the kernel reports a
+    writeback error to the first ``syncfs`` after it only (the filesystem's error cursor), which
+    may be another batch's, e.g. for writeback started early (``_TempFileOut``). The file keeps
+    its own error for a wait on it: ``sync_file_range`` waiting on a written range does no I/O.
+    """
+    sync_file_range = _load_sync_file_range()
+    if sync_file_range is None:
+        return
+    fd = source if isinstance(source, int) else os.open(source, os.O_RDONLY)
+    try:
+        if sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WAIT_AFTER) != 0:
+            _raise_errno(source if isinstance(source, str) else "temp file")
+    finally:
+        if not isinstance(source, int):
+            os.close(fd)
 
 
 def _fsync_source(source: str | int) -> None:
