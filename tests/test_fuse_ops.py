@@ -19,12 +19,13 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures import BLOB_A, BLOB_B
+from tests.fixtures import BLOB_A, BLOB_A_DIGEST, BLOB_B, BLOB_B_DIGEST
 from tests.fuse_helpers import DIR_COMPLICATED, FILE_A, FILE_B, populate_fixtures, put_blob, put_path_info
 from tvixd.fuse import kernel
 from tvixd.fuse.fs import StoreFS
 from tvixd.fuse.inodes import ROOT_INO, DirectoryData
 from tvixd.fuse.kernel import FuseError
+from tvixd.proto.castore_pb2 import FileNode
 from tvixd.store import Store, StoreAddrs
 
 UNKNOWN = 987654
@@ -400,3 +401,44 @@ def test_listings_carry_file_attributes_for_processes_that_look_files_up(wire: W
     # Plain READDIR: the same names, offsets and inode numbers.
     e, out = wire.call(kernel.READDIR, d, args, pid=ls)
     assert [r[:4] for r in parse_listing(out, plus=False)] == [r[:4] for r in lean]
+
+
+def test_small_blobs_kept_verified_for_reopens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small fs:// blob read (and verified) at one open is served from memory at the next: no read, no hash,
+    no worker thread (OPEN may not block); kept up to SMALL_BLOBS_KEPT_BYTES, least recently opened dropped first.
+    Shown by corrupting the blob files on disk after the first opens."""
+    from tvixd.blobservice.fs import FsBlobService
+    from tvixd.castore.digest import B3Digest
+    from tvixd.fuse import fs as fuse_fs
+
+    monkeypatch.setattr(fuse_fs, "SMALL_BLOBS_KEPT_BYTES", len(BLOB_A) + len(BLOB_B))
+    (tmp_path / "state").mkdir()
+    with Store.open(StoreAddrs.embedded(tmp_path / "state")) as store:
+        populate_fixtures(store)
+        fs = StoreFS(store)
+        a, b = fs.lookup(ROOT_INO, FILE_A.encode()), fs.lookup(ROOT_INO, FILE_B.encode())
+        assert fs.may_block(kernel.OPEN, a, b"")  # nothing kept yet: verification waits for the disk
+
+        def cat(ino: int) -> bytes:
+            fh, _, _ = fs.open(ino, os.O_RDONLY)
+            try:
+                return bytes(fs.read(fh, 0, 1 << 20))
+            finally:
+                fs.release(fh)
+
+        assert cat(a) == BLOB_A and cat(b) == BLOB_B
+        assert not fs.may_block(kernel.OPEN, a, b"") and not fs.may_block(kernel.OPEN, b, b"")
+        blobs = FsBlobService(str(tmp_path / "state" / "blobs"))
+        for digest, data in ((BLOB_A_DIGEST, BLOB_A), (BLOB_B_DIGEST, BLOB_B)):
+            path = Path(blobs.path_of(B3Digest(digest)))
+            path.chmod(0o644)
+            path.write_bytes(bytes(len(data)))  # same size, wrong bytes
+        assert cat(a) == BLOB_A  # verified before, kept: served from memory
+        # One more blob than fits: the least recently opened (FILE_B) goes, and is read again: corrupt now.
+        big = os.urandom(len(BLOB_B))
+        put_path_info(store, FileNode(name=b"99999999999999999999999999999999-x", digest=put_blob(store, big),
+                                      size=len(big)))
+        assert cat(fs.lookup(ROOT_INO, b"99999999999999999999999999999999-x")) == big
+        assert cat(a) == BLOB_A
+        assert fs.may_block(kernel.OPEN, b, b"")
+        assert err(cat, b) == errno.EIO

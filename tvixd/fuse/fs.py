@@ -15,7 +15,8 @@ under ``self._lock``, and reads on one file handle are serialised by its lock
 Reads (Part A §7: never serve bytes not verified against the digest):
 
 - a small blob (at most :data:`READ_AHEAD`) of the local fs:// store is read whole
-  and verified at open (``FsBlobService.read_verified``) and served from memory;
+  and verified at open (``FsBlobService.read_verified``) and served from memory, and
+  kept there for the next open (up to :data:`SMALL_BLOBS_KEPT_BYTES`);
 - a bigger one, when the kernel granted FUSE passthrough: verified whole at open
   (``FsBlobService.open_verified``: blake3 on all cores over windows mapped one at
   a time, so RSS stays flat), then registered as the open file's backing
@@ -85,6 +86,12 @@ READ_AHEAD = 1 << 20
 BACKINGS_KEPT = 64
 """Verified passthrough backing files kept registered after their last close (least recently used go first):
 reopening a big file (an exec, a second `cat`) then needs no second whole-file verification."""
+
+SMALL_BLOBS_KEPT_BYTES = 64 << 20
+"""Bytes of verified small blobs (at most :data:`READ_AHEAD` each) kept for reopens, least recently opened
+dropped first: reopening a file (a second `grep -r`, a compiler's headers) then reads and hashes nothing and
+is answered without a worker thread: a second `cat` of every file of /usr/share/doc through one mount took
+0.37-0.43 s instead of 0.65-0.77 s (the original tree: 0.20 s)."""
 
 ROOT_SNAPSHOTS = 16
 """Root listings kept for readdir continuations (the kernel sends no OPENDIR, so offsets name the snapshot)."""
@@ -202,6 +209,8 @@ class StoreFS:
         self._root_gen = itertools.count(1)
         self._backings: dict[int, _Backing] = {}
         self._idle_backings: OrderedDict[int, _Backing] = OrderedDict()  # refs 0, oldest first
+        self._small_blobs: OrderedDict[bytes, bytes] = OrderedDict()  # digest -> verified content, oldest first
+        self._small_blobs_bytes = 0
 
     # -- attributes ----------------------------------------------------------------------------------------
 
@@ -422,9 +431,7 @@ class StoreFS:
         handle: _LocalBlob | _FileHandle | _Passthrough
         backing_id = 0
         if isinstance(blobs, FsBlobService) and size <= READ_AHEAD:
-            content = _from_store(blobs.read_verified, digest, size, digest=digest,
-                                  failed="reading blob failed", missing="blob missing from the store")
-            handle = _FileHandle(digest, size, None, buf=content)
+            handle = _FileHandle(digest, size, None, buf=self._small_blob(blobs, digest, size))
         elif isinstance(blobs, FsBlobService) and self.session is not None and self.session.passthrough:
             backing_id = self._backing_ref(ino, blobs, digest, size)
             handle = _Passthrough(ino)
@@ -438,6 +445,27 @@ class StoreFS:
             return fh, kernel.FOPEN_PASSTHROUGH, backing_id
         # Content under an inode never changes, so the kernel may keep its page cache across opens.
         return fh, kernel.FOPEN_KEEP_CACHE, 0
+
+    def _small_blob(self, blobs: FsBlobService, digest: B3Digest, size: int) -> bytes:
+        """The verified content of a small blob: kept from an earlier open, else read whole and verified.
+
+        What is kept was verified when it was read (Part A §7 holds: no byte is served unverified);
+        at most :data:`SMALL_BLOBS_KEPT_BYTES` are kept.
+        """
+        with self._lock:
+            content = self._small_blobs.get(digest)
+            if content is not None:
+                self._small_blobs.move_to_end(digest)
+                return content
+        content = _from_store(blobs.read_verified, digest, size, digest=digest,
+                              failed="reading blob failed", missing="blob missing from the store")  # fmt: skip
+        with self._lock:
+            if digest not in self._small_blobs:
+                self._small_blobs[digest] = content
+                self._small_blobs_bytes += len(content)
+                while self._small_blobs_bytes > SMALL_BLOBS_KEPT_BYTES:
+                    self._small_blobs_bytes -= len(self._small_blobs.popitem(last=False)[1])
+        return content
 
     def _open_local(self, blobs: FsBlobService, digest: B3Digest, size: int) -> _LocalBlob:
         """Verify the blob file of ``digest`` (EIO, logged, if missing or corrupt) and map it for reads."""
@@ -616,8 +644,9 @@ class StoreFS:
                 return opcode != kernel.LOOKUP or self.inodes.store_path(req[kernel.IN_HEADER_SIZE : -1]) is None
             data = self.inodes.get(nodeid)
             return type(data) is DirectoryData and data.entries is None
-        if opcode == kernel.OPEN:
-            return True
+        if opcode == kernel.OPEN:  # answered at once only for a small blob kept verified
+            data = self.inodes.get(nodeid)
+            return type(data) is not tuple or data[2] not in self._small_blobs
         if opcode == kernel.READ or opcode == kernel.RELEASE:
             handle = self._files.get(struct.unpack_from("<Q", req, kernel.IN_HEADER_SIZE)[0])
             if isinstance(handle, _FileHandle):
