@@ -44,6 +44,7 @@ BENCHMARKS.md.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import io
@@ -741,22 +742,25 @@ def _check_writeback(source: str | int) -> None:
     sync_file_range = _load_sync_file_range()
     if sync_file_range is None:
         return
-    fd = source if isinstance(source, int) else os.open(source, os.O_RDONLY)
-    try:
+    with _opened(source) as fd:
         if sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WAIT_AFTER) != 0:
             _raise_errno(source if isinstance(source, str) else "temp file")
-    finally:
-        if not isinstance(source, int):
-            os.close(fd)
 
 
 def _fsync_source(source: str | int) -> None:
+    with _opened(source) as fd:
+        os.fsync(fd)
+
+
+@contextlib.contextmanager
+def _opened(source: str | int) -> Iterator[int]:
+    """A descriptor of a batch's temp file: the one held open, or the named file opened read-only for the block."""
     if isinstance(source, int):
-        os.fsync(source)
+        yield source
         return
     fd = os.open(source, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        yield fd
     finally:
         os.close(fd)
 
