@@ -81,9 +81,13 @@ def root_entry(node: Node | AnyNode | Entry) -> Entry:
         entry = node_entry(node)
     kind, name, ref = entry[0], entry[1], entry[2]
     if kind != SYMLINK and len(ref) != DIGEST_LEN:
-        what = "file" if kind == FILE else "directory"
-        raise InvalidRequest(f"invalid digest length {len(ref)} in {what} node {name!r}")
+        raise _bad_digest("file" if kind == FILE else "directory", name, ref)
     return entry
+
+
+def _bad_digest(what: str, name: bytes, digest: bytes) -> InvalidRequest:
+    """The error for a ``what`` ("file"/"directory") node called ``name`` whose digest is not 32 bytes."""
+    return InvalidRequest(f"invalid digest length {len(digest)} in {what} node {name!r}")
 
 
 class _Renderer:
@@ -116,7 +120,7 @@ class _Renderer:
         entries = self.closure.get(digest)
         if entries is None:
             if len(digest) != DIGEST_LEN:
-                raise InvalidRequest(f"invalid digest length {len(digest)} in directory node {name!r}")
+                raise _bad_digest("directory", name, digest)
             directory = self.directories.get(digest)
             if directory is None:
                 raise NotFound(f"directory {B3Digest(digest)} not found (referred from entry {name!r})")
@@ -128,7 +132,7 @@ class _Renderer:
         data = self.kept.get(digest)
         if data is None or len(data) != size:
             if len(digest) != DIGEST_LEN:
-                raise InvalidRequest(f"invalid digest length {len(digest)} in file node {name!r}")
+                raise _bad_digest("file", name, digest)
             try:
                 data = self.read_verified(digest, size)
             except DataLoss as e:
@@ -157,7 +161,7 @@ class _Renderer:
     def file(self, name: bytes, digest: bytes, size: int, executable: bool) -> None:
         """A file bigger than SMALL_FILE: verified whole first where the backend can (fs://), else streamed."""
         if len(digest) != DIGEST_LEN:
-            raise InvalidRequest(f"invalid digest length {len(digest)} in file node {name!r}")
+            raise _bad_digest("file", name, digest)
         digest = B3Digest(digest)
         try:
             blob = self.blobs.open_verified(digest, size)
