@@ -58,11 +58,16 @@ class SqlitePathInfoService(PathInfoService):
             raise DataLoss(f"stored PathInfo {key.hex()} in {self.db.path} is corrupt: {e}") from e
         return path_info
 
-    def get(self, digest: bytes) -> PathInfo | None:
-        key = check_output_digest(digest)
+    def _row(self, key: bytes) -> bytes | None:
+        """The stored bytes of the PathInfo under ``key`` (checked by check_output_digest), or None."""
         with self.db.errors(f"get PathInfo {key.hex()}"):
             row = self.db.conn().execute("SELECT data FROM path_infos WHERE digest = ?", (key,)).fetchone()
-        return None if row is None else self._decode(key, row[0])
+        return None if row is None else row[0]
+
+    def get(self, digest: bytes) -> PathInfo | None:
+        key = check_output_digest(digest)
+        data = self._row(key)
+        return None if data is None else self._decode(key, data)
 
     def get_root_entry(self, digest: bytes) -> Entry | None:
         """The root node read from the row without protobuf, checked as far as it is used: a valid store
@@ -70,17 +75,20 @@ class SqlitePathInfoService(PathInfoService):
         from tvixd.castore.storepath import StorePath, StorePathError
 
         key = check_output_digest(digest)
-        with self.db.errors(f"get PathInfo {key.hex()}"):
-            row = self.db.conn().execute("SELECT data FROM path_infos WHERE digest = ?", (key,)).fetchone()
-        if row is None:
+        data = self._row(key)
+        if data is None:
             return None
-        entry = decode_root_node(row[0])
+        entry = decode_root_node(data)
         try:
             if entry is not None and StorePath.from_basename(entry[1]).digest == key:
                 return entry
         except StorePathError:
             pass
-        return super().get_root_entry(key)  # protobuf: DataLoss naming what is wrong, or the entry
+        # Through protobuf, from the same row: DataLoss naming what is wrong, or the entry.
+        from tvixd.castore.entries import node_entry
+        from tvixd.castore.pathinfo import root_node
+
+        return node_entry(root_node(self._decode(key, data)))
 
     def put(self, path_info: PathInfo) -> PathInfo:
         key = check_path_info(path_info, self.blob_service, self.directory_service)
