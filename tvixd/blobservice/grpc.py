@@ -25,7 +25,7 @@ from tvixd.blobservice.base import BlobBatch, BlobReader, BlobService, BlobWrite
 from tvixd.castore.digest import B3Digest
 from tvixd.proto.blob_batch_pb2 import PutBlobsResponse
 from tvixd.proto.rpc_blobstore_pb2 import BlobMeta, PutBlobResponse, ReadBlobRequest, StatBlobRequest
-from tvixd.server.channel import SharedChannel
+from tvixd.server.channel import GRPC_TOO_LARGE, SharedChannel
 from tvixd.server.codec import decode_blob_chunk, encode_blob_chunk
 
 WRITE_CHUNK_SIZE = 1024 * 1024
@@ -580,12 +580,12 @@ class GrpcBlobBatch(BlobBatch):
 def _refused_for_size(e: grpc.RpcError) -> bool:
     """Whether a RESOURCE_EXHAUSTED answer refused the call for its size, which smaller calls can help.
 
-    grpcio's own refusal says "larger than max"; a tvixd daemon's names ``max_message_size=``
+    grpcio's own refusal says :data:`GRPC_TOO_LARGE`; a tvixd daemon's names ``max_message_size=``
     (tvixd.server.servicers). A full disk (also RESOURCE_EXHAUSTED) would fail every resent blob
     the same way after uploading them all again.
     """
     details = e.details() or ""
-    return "larger than max" in details or "max_message_size=" in details
+    return GRPC_TOO_LARGE in details or "max_message_size=" in details
 
 
 def _mismatch(url: str, sent: list[B3Digest], got: list[bytes]) -> str:

@@ -27,6 +27,8 @@ CLIENT_OPTIONS = [
 # How a client tells "nothing listens there" from an UNAVAILABLE the daemon chose to send.
 _CONNECT_FAILURES = ("failed to connect", "connection refused", "dns resolution failed", "no such file",
                      "connect failed", "socket closed", "connection reset")
+GRPC_TOO_LARGE = "larger than max"
+"""grpcio's words (RESOURCE_EXHAUSTED) for a message over the receiver's size limit."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,6 @@ class SharedChannel:
                 "sqlite:///DIR/store.sqlite --path-info-service-addr sqlite:///DIR/store.sqlite "
                 "(or the env vars BLOB_SERVICE_ADDR, DIRECTORY_SERVICE_ADDR, PATH_INFO_SERVICE_ADDR)"
             )
-        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (details or ""):
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and GRPC_TOO_LARGE in (details or ""):
             details = f"{details} (over the daemon's message size limit, tvixd daemon --max-message-size)"
         return error_for(code, details)
