@@ -37,8 +37,8 @@ import stat
 import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tvixd.blobservice.base import BlobService, BlobWriter
 from tvixd.castore.digest import B3Digest
@@ -50,6 +50,9 @@ from tvixd.errors import InvalidRequest, ResourceExhausted, StorageError, TvixEr
 from tvixd.proto.castore_pb2 import Directory, DirectoryNode, FileNode, SymlinkNode
 from tvixd.proto.pathinfo_pb2 import NARInfo, Node, PathInfo
 from tvixd.store import Store
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 FILE_SIZE_LIMIT = 2**32
 """FileNode.size is a uint32 on the wire (Part A §8): files this large or larger are refused."""
@@ -153,6 +156,25 @@ class _StreamedBlob:
         self.writer.abort()
 
 
+class _Done:
+    """A blob digest known at once (written in the walk thread), with the two methods of a Future used here.
+
+    Why not ``concurrent.futures``: importing it (and ``logging`` with it) was ~10 ms of a
+    one-file import, which needs no thread pool.
+    """
+
+    __slots__ = ("_digest",)
+
+    def __init__(self, digest: B3Digest) -> None:
+        self._digest = digest
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> B3Digest:
+        return self._digest
+
+
 class _PendingDir:
     """A directory whose walk is complete but whose file digests may still be in flight."""
 
@@ -160,7 +182,7 @@ class _PendingDir:
 
     def __init__(self) -> None:
         self.dirs: list[tuple[bytes, _PendingDir]] = []
-        self.files: list[tuple[bytes, Future[B3Digest], int, bool]] = []
+        self.files: list[tuple[bytes, Future[B3Digest] | _Done, int, bool]] = []
         self.symlinks: list[tuple[bytes, bytes]] = []
         self.digest = b""
         self.size = 0
@@ -196,8 +218,9 @@ class _Ingest:
         self.directory_service = directory_service
         self.progress = progress
         self.budget = _Budget(INFLIGHT_BYTES)
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="blob-writer") if workers else None
-        self.ordered = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-stream")
+        self.workers = workers
+        self.pool: ThreadPoolExecutor | None = None  # made for a directory (run)
+        self._ordered: ThreadPoolExecutor | None = None  # made for the first big file (ordered)
         self.sink = NarHashSink()
         self.nar = NarWriter(self.sink)
         self.putter: DirectoryPutter | None = None
@@ -221,7 +244,15 @@ class _Ingest:
         finally:
             self.budget.release(len(data))
 
-    def _file(self, path: bytes, name: bytes) -> tuple[Future[B3Digest], int, bool]:
+    def ordered(self) -> ThreadPoolExecutor:
+        """The one thread that writes big files' chunks to their blobs, in order."""
+        if self._ordered is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._ordered = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-stream")
+        return self._ordered
+
+    def _file(self, path: bytes, name: bytes) -> tuple[Future[B3Digest] | _Done, int, bool]:
         """Read one regular file once: NAR bytes in this thread, blob bytes to the writers."""
         try:
             # O_NOFOLLOW/O_NONBLOCK: if the entry was swapped for a symlink or FIFO since the
@@ -247,13 +278,13 @@ class _Ingest:
                 nar.file_chunk(data)
                 self.budget.acquire(size)
                 if self.pool is None:
-                    future = Future()
-                    future.set_result(self._store_whole(data))
+                    future: Future[B3Digest] | _Done = _Done(self._store_whole(data))
                 else:
                     future = self.pool.submit(self._store_whole, data)
             else:
                 stream = _StreamedBlob(self.batch.open_write(), self.budget)
                 self.streams.append(stream)
+                ordered = self.ordered()
                 remaining = size
                 while remaining:
                     chunk = os.read(fd, min(CHUNK_SIZE, remaining))
@@ -261,11 +292,11 @@ class _Ingest:
                         raise IngestError(f"{show_path(path)}: file shrank while importing")
                     nar.file_chunk(chunk)
                     self.budget.acquire(len(chunk))
-                    self.ordered.submit(stream.write, chunk)
+                    ordered.submit(stream.write, chunk)
                     remaining -= len(chunk)
                 if os.read(fd, 1):
                     raise IngestError(f"{show_path(path)}: file grew while importing")
-                future = self.ordered.submit(stream.close)
+                future = ordered.submit(stream.close)
             nar.file_end()
         except OSError as e:
             raise _os_error(path, e) from None
@@ -371,6 +402,13 @@ class _Ingest:
             nar.entry_end()
         return root_pending
 
+    def _shutdown(self) -> None:
+        """Stop the writer threads (waiting for them; queued small files are cancelled)."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        if self._ordered is not None:
+            self._ordered.shutdown(wait=True)
+
     @staticmethod
     def _readlink(path: bytes) -> bytes:
         try:
@@ -386,6 +424,10 @@ class _Ingest:
             raise _os_error(path, e) from None
         try:
             if stat.S_ISDIR(st.st_mode):
+                if self.workers:
+                    from concurrent.futures import ThreadPoolExecutor
+
+                    self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="blob-writer")
                 with self.directory_service.put_multiple_start() as putter:
                     self.putter = putter
                     root = self._walk_directory(path)
@@ -410,16 +452,12 @@ class _Ingest:
                 raise _special(path, st.st_mode)
         except BaseException:
             for stream in self.streams:
-                self.ordered.submit(stream.abort)
-            if self.pool is not None:
-                self.pool.shutdown(wait=True, cancel_futures=True)
-            self.ordered.shutdown(wait=True)
+                self.ordered().submit(stream.abort)
+            self._shutdown()
             self.batch.abort()  # after the writers stopped: nothing uncommitted becomes visible
             raise
         finally:
-            if self.pool is not None:
-                self.pool.shutdown(wait=True, cancel_futures=True)
-            self.ordered.shutdown(wait=True)
+            self._shutdown()
         return node, self.sink.size, self.sink.sha256()
 
 
