@@ -16,6 +16,8 @@ from tvixd.castore.entries import (
     decode_directory,
     decode_root_node,
     directory_entries,
+    encode_imported_path_info,
+    entry_node,
     merge,
     node_entry,
 )
@@ -108,6 +110,19 @@ def test_root_node_of_a_path_info():
         info = PathInfo(node=node, references=[bytes(20)],
                         narinfo=NARInfo(nar_size=5, nar_sha256=bytes(32), reference_names=["a"]))  # fmt: skip
         assert decode_root_node(info.SerializeToString(deterministic=True)) == node_entry(getattr(node, kind))
+
+
+def test_imported_path_info_encodes_as_protobuf_does():
+    """Every kind of root, names and targets across varint lengths, sizes 0 .. 2**32-1, NAR sizes past 2**32."""
+    rng = random.Random(11)
+    for directory in (random_directory(rng) for _ in range(60)):
+        for root in directory_entries(directory):
+            nar_size, nar_sha256 = rng.choice([1, 127, 128, 2**35 + 3]), rng.randbytes(32)
+            info = PathInfo(node=entry_node(root), narinfo=NARInfo(nar_size=nar_size, nar_sha256=nar_sha256))
+            encoded = encode_imported_path_info(root, nar_size, nar_sha256)
+            assert encoded == info.SerializeToString(deterministic=True), root
+            assert decode_root_node(encoded) == root  # and entry_node is node_entry's inverse
+            assert node_entry(getattr(info.node, info.node.WhichOneof("node"))) == root
 
 
 @pytest.mark.parametrize(

@@ -165,6 +165,54 @@ def test_put_requires_blob_content(path_info_service):
     assert path_info_service.put(info) == info
 
 
+IMPORTED_ROOTS = [
+    (2, DUMMY_NAME, b"/nix/store/x", 0, False),
+    (2, DUMMY_NAME, b"", 0, False),
+    (1, DUMMY_NAME, HELLOWORLD_DIGEST, 12, True),
+    (1, DUMMY_NAME, HELLOWORLD_DIGEST, 12, False),
+    (0, DUMMY_NAME, DIRECTORY_COMPLICATED_DIGEST, 4, False),
+]
+
+
+@pytest.mark.parametrize("root", IMPORTED_ROOTS, ids=["symlink", "empty-target", "exec-file", "file", "directory"])
+def test_put_imported_stores_what_put_stores(path_info_service, root):
+    """put_imported(entry, size, sha256) == put(the import's PathInfo): the same message read back."""
+    from tvixd.castore.entries import entry_node
+
+    upload_helloworld(path_info_service)
+    upload_complicated(path_info_service)
+    nar_sha256 = hashlib.sha256(b"nar").digest()
+    expected = PathInfo(node=entry_node(root), narinfo=NARInfo(nar_size=2**33 + 5, nar_sha256=nar_sha256))
+    assert path_info_service.put_imported(root, 2**33 + 5, nar_sha256) is None
+    assert path_info_service.get(DUMMY_OUTPUT_HASH) == expected
+    assert list(path_info_service.list()) == [expected]
+    assert path_info_service.get_root_entry(DUMMY_OUTPUT_HASH) == root
+
+
+@pytest.mark.parametrize(
+    ("root", "nar_sha256", "error", "match"),
+    [
+        ((2, b"invalid", b"x", 0, False), bytes(32), InvalidRequest, "node.symlink.name"),
+        ((1, DUMMY_NAME, bytes(31), 12, False), bytes(32), InvalidRequest, "node.file.digest is 31 bytes"),
+        ((0, DUMMY_NAME, b"", 0, False), bytes(32), InvalidRequest, "node.directory.digest is 0 bytes"),
+        ((2, DUMMY_NAME, b"x", 0, False), bytes(31), InvalidRequest, "nar_sha256 is 31 bytes"),
+        ((1, DUMMY_NAME, HELLOWORLD_DIGEST, 12, False), bytes(32), FailedPrecondition, "root blob"),
+        ((0, DUMMY_NAME, DIRECTORY_COMPLICATED_DIGEST, 4, False), bytes(32), FailedPrecondition, "root directory"),
+    ],
+    ids=["bad-name", "short-digest", "empty-digest", "nar-sha256-length", "missing-blob", "missing-directory"],
+)
+def test_put_imported_checks_as_put_does(path_info_service, root, nar_sha256, error, match):
+    """The same errors as put() of the equivalent PathInfo; nothing stored."""
+    from tvixd.castore.entries import entry_node
+
+    with pytest.raises(error, match=match) as got:
+        path_info_service.put_imported(root, 1, nar_sha256)
+    with pytest.raises(error) as expected:
+        path_info_service.put(PathInfo(node=entry_node(root), narinfo=NARInfo(nar_size=1, nar_sha256=nar_sha256)))
+    assert str(got.value) == str(expected.value)
+    assert list(path_info_service.list()) == []
+
+
 def test_list(path_info_service):
     names = [f"{c * 32}-name{i}".encode() for i, c in enumerate("0123456789abcdfg")]
     for name in names:

@@ -1,4 +1,5 @@
-"""Directory entries as plain tuples, decoded from canonical protobuf bytes without the protobuf library.
+"""Directory entries as plain tuples, decoded from (and a PathInfo encoded to) canonical protobuf bytes
+without the protobuf library.
 
 Why: ``tvixd dump-path`` on a SQLite store reads only canonical rows (the putter stored
 ``canonical_bytes``, and a row is used only if it hashes to its digest), and importing
@@ -15,7 +16,9 @@ An entry is ``(kind, name, ref, size, executable)``:
 
 The decoders accept exactly the canonical encoding of SPEC Part B §1.4 (fields in
 order, defaults omitted, no unknown fields) and return ``None`` for anything else,
-so the caller falls back to protobuf, which reads every valid wire form.
+so the caller falls back to protobuf, which reads every valid wire form. The
+encoder writes that same form (:func:`encode_imported_path_info`: what a one-file
+``tvixd import`` stores, so it imports no protobuf either).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
 
     from tvixd.castore.directory import AnyNode
     from tvixd.proto.castore_pb2 import Directory
+    from tvixd.proto.pathinfo_pb2 import Node
 
 DIRECTORY, FILE, SYMLINK = 0, 1, 2
 
@@ -37,6 +41,7 @@ T = TypeVar("T")
 _DIGEST_LEN = 32
 _TAG_KIND = {0x0A: DIRECTORY, 0x12: FILE, 0x1A: SYMLINK}
 """Directory.directories/files/symlinks and Node.directory/file/symlink share field numbers 1, 2, 3."""
+_KIND_TAG = {kind: tag for tag, kind in _TAG_KIND.items()}
 
 
 class _NotCanonical(Exception):
@@ -106,6 +111,45 @@ def _node(data: bytes, pos: int, stop: int, kind: int) -> Entry:
     if pos != stop or not name:
         raise _NotCanonical
     return (kind, name, digest, size, executable)
+
+
+def _encode_varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _length_delimited(tag: int, value: bytes) -> bytes:
+    return bytes((tag,)) + _encode_varint(len(value)) + value
+
+
+def _encode_node(entry: Entry) -> bytes:
+    """The node message of ``entry`` (no field tag): its fields in order, defaults omitted."""
+    kind, name, ref, size, executable = entry
+    out = _length_delimited(0x0A, name) if name else b""
+    if ref:
+        out += _length_delimited(0x12, ref)  # digest, or a symlink's target
+    if kind != SYMLINK:
+        if size:
+            out += b"\x18" + _encode_varint(size)
+        if kind == FILE and executable:
+            out += b"\x20\x01"
+    return out
+
+
+def encode_imported_path_info(root: Entry, nar_size: int, nar_sha256: bytes) -> bytes:
+    """The canonical encoding of a PathInfo whose node is ``root``, with no references and a narinfo
+    of ``nar_size`` and ``nar_sha256`` only: the bytes of protobuf's deterministic serialisation of
+    that message (an import's PathInfo)."""
+    tag = _KIND_TAG[root[0]]
+    node = _length_delimited(tag, _encode_node(root))
+    narinfo = (b"\x08" + _encode_varint(nar_size) if nar_size else b"") + (
+        _length_delimited(0x12, nar_sha256) if nar_sha256 else b""
+    )
+    return _length_delimited(0x0A, node) + _length_delimited(0x1A, narinfo)
 
 
 def _fields(data: bytes) -> Iterable[tuple[int, int, int]]:
@@ -223,6 +267,19 @@ def node_entry(node: AnyNode) -> Entry:
     if descriptor.name == "FileNode":
         return (FILE, node.name, node.digest, node.size, node.executable)
     return (DIRECTORY, node.name, node.digest, node.size, False)
+
+
+def entry_node(entry: Entry) -> Node:
+    """The protobuf Node (a PathInfo's root) of ``entry``: the inverse of ``node_entry(root_node(...))``."""
+    from tvixd.proto.castore_pb2 import DirectoryNode, FileNode, SymlinkNode
+    from tvixd.proto.pathinfo_pb2 import Node
+
+    kind, name, ref, size, executable = entry
+    if kind == SYMLINK:
+        return Node(symlink=SymlinkNode(name=name, target=ref))
+    if kind == FILE:
+        return Node(file=FileNode(name=name, digest=ref, size=size, executable=executable))
+    return Node(directory=DirectoryNode(name=name, digest=ref, size=size))
 
 
 def directory_entries(directory: Directory) -> list[Entry]:

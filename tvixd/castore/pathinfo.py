@@ -13,13 +13,16 @@ basename whose digest is ``references[i]``. Name limits (211 bytes) come from
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from tvixd.castore.digest import DIGEST_LEN
 from tvixd.castore.storepath import DIGEST_SIZE, StorePath, StorePathError
 from tvixd.errors import InvalidRequest
-from tvixd.proto.castore_pb2 import DirectoryNode, FileNode, SymlinkNode
-from tvixd.proto.pathinfo_pb2 import PathInfo
+
+if TYPE_CHECKING:  # no protobuf at run time: validate_imported_root serves a one-file import without it
+    from tvixd.castore.entries import Entry
+    from tvixd.proto.castore_pb2 import DirectoryNode, FileNode, SymlinkNode
+    from tvixd.proto.pathinfo_pb2 import PathInfo
 
 NAR_SHA256_LEN = 32
 
@@ -67,14 +70,7 @@ def validate_path_info(path_info: PathInfo) -> StorePath:
 
     node = root_node(path_info)
     kind = path_info.node.WhichOneof("node")
-    if kind != "symlink" and len(node.digest) != DIGEST_LEN:
-        raise PathInfoValidationError(
-            "InvalidDigestLen", f"node.{kind}.digest is {len(node.digest)} bytes, expected {DIGEST_LEN}"
-        )
-    try:
-        store_path = StorePath.from_basename(node.name)
-    except StorePathError as exc:
-        raise PathInfoValidationError("InvalidNodeName", f"node.{kind}.name: {exc}") from None
+    store_path = _root_store_path(kind, node.name, b"" if kind == "symlink" else node.digest)
 
     for i, reference in enumerate(references):
         if len(reference) != DIGEST_SIZE:
@@ -83,11 +79,7 @@ def validate_path_info(path_info: PathInfo) -> StorePath:
                 f"references[{i}] is {len(reference)} bytes, expected a {DIGEST_SIZE}-byte store path digest",
             )
     if has_narinfo:
-        if len(narinfo.nar_sha256) != NAR_SHA256_LEN:
-            raise PathInfoValidationError(
-                "InvalidNarSha256Len",
-                f"narinfo.nar_sha256 is {len(narinfo.nar_sha256)} bytes, expected {NAR_SHA256_LEN}",
-            )
+        _check_nar_sha256(narinfo.nar_sha256)
         for i, (name, reference) in enumerate(zip(narinfo.reference_names, references, strict=True)):
             try:
                 ref_path = StorePath.from_basename(name)
@@ -102,3 +94,35 @@ def validate_path_info(path_info: PathInfo) -> StorePath:
                     f"but references[{i}] is {reference.hex()}",
                 )
     return store_path
+
+
+KIND_NAMES = ("directory", "file", "symlink")
+"""The Node field of each entry kind (``tvixd.castore.entries`` DIRECTORY, FILE, SYMLINK)."""
+
+
+def validate_imported_root(root: Entry, nar_sha256: bytes) -> StorePath:
+    """:func:`validate_path_info` of the PathInfo an import makes (root ``root``, no references, a
+    narinfo of the NAR's size and ``nar_sha256``), without building it: the same checks and errors."""
+    kind = KIND_NAMES[root[0]]
+    store_path = _root_store_path(kind, root[1], b"" if kind == "symlink" else root[2])
+    _check_nar_sha256(nar_sha256)
+    return store_path
+
+
+def _root_store_path(kind: str, name: bytes, digest: bytes) -> StorePath:
+    """Rule 3: a directory or file root's digest is 32 bytes; the root's name is a store path basename."""
+    if kind != "symlink" and len(digest) != DIGEST_LEN:
+        raise PathInfoValidationError(
+            "InvalidDigestLen", f"node.{kind}.digest is {len(digest)} bytes, expected {DIGEST_LEN}"
+        )
+    try:
+        return StorePath.from_basename(name)
+    except StorePathError as exc:
+        raise PathInfoValidationError("InvalidNodeName", f"node.{kind}.name: {exc}") from None
+
+
+def _check_nar_sha256(nar_sha256: bytes) -> None:
+    if len(nar_sha256) != NAR_SHA256_LEN:
+        raise PathInfoValidationError(
+            "InvalidNarSha256Len", f"narinfo.nar_sha256 is {len(nar_sha256)} bytes, expected {NAR_SHA256_LEN}"
+        )

@@ -60,6 +60,19 @@ class PathInfoService(ABC):
         directory store's invariant): ``FailedPrecondition`` naming the digest.
         """
 
+    def put_imported(self, root: Entry, nar_size: int, nar_sha256: bytes) -> None:
+        """:meth:`put` the PathInfo an import makes: root node ``root`` (an entry, see
+        ``tvixd.castore.entries``, named by its store path), no references, and a narinfo
+        holding only ``nar_size`` and ``nar_sha256``. Same checks, same stored message.
+
+        Here the message is built and put; a backend may store it without building it
+        (SQLite: a one-file ``tvixd import`` then never imports protobuf, ~40 ms of start-up).
+        """
+        from tvixd.castore.entries import entry_node
+        from tvixd.proto.pathinfo_pb2 import NARInfo, PathInfo
+
+        self.put(PathInfo(node=entry_node(root), narinfo=NARInfo(nar_size=nar_size, nar_sha256=nar_sha256)))
+
     @abstractmethod
     def list(self) -> Iterator[PathInfo]:
         """Every stored PathInfo, streamed (never all loaded at once), in unspecified order."""

@@ -10,6 +10,8 @@ from tvixd.directoryservice.base import DirectoryService
 from tvixd.errors import FailedPrecondition, InvalidRequest
 
 if TYPE_CHECKING:  # protobuf where it is used: `dump-path` needs only check_output_digest
+    from tvixd.castore.entries import Entry
+    from tvixd.castore.storepath import StorePath
     from tvixd.proto.pathinfo_pb2 import Node, PathInfo
 
 STORE_PATH_DIGEST_LEN = 20
@@ -42,17 +44,37 @@ def check_path_info(path_info: PathInfo, blob: BlobService, directory: Directory
 
     store_path = validate_path_info(path_info)
     kind = path_info.node.WhichOneof("node")
+    if kind != "symlink":
+        _check_content_present(kind, getattr(path_info.node, kind).digest, store_path, blob, directory)
+    return bytes(store_path.digest)
+
+
+def check_imported_root(
+    root: Entry, nar_sha256: bytes, blob: BlobService, directory: DirectoryService
+) -> bytes:
+    """:func:`check_path_info` of an import's PathInfo (see ``PathInfoService.put_imported``), unbuilt."""
+    from tvixd.castore.pathinfo import KIND_NAMES, validate_imported_root
+
+    store_path = validate_imported_root(root, nar_sha256)
+    kind = KIND_NAMES[root[0]]
+    if kind != "symlink":
+        _check_content_present(kind, root[2], store_path, blob, directory)
+    return bytes(store_path.digest)
+
+
+def _check_content_present(
+    kind: str, digest: bytes, store_path: StorePath, blob: BlobService, directory: DirectoryService
+) -> None:
+    """The root's content must be stored: the directory (its closure complete by the directory store's
+    invariant) or the blob."""
+    digest = B3Digest(digest)
     if kind == "directory":
-        digest = B3Digest(path_info.node.directory.digest)
         if directory.get(digest) is None:
             raise FailedPrecondition(
                 f"root directory {digest} of {store_path} is not in the store (upload the directories first)"
             )
-    elif kind == "file":
-        digest = B3Digest(path_info.node.file.digest)
-        if not blob.has(digest):
-            raise FailedPrecondition(f"root blob {digest} of {store_path} is not in the store (upload the blob first)")
-    return bytes(store_path.digest)
+    elif not blob.has(digest):
+        raise FailedPrecondition(f"root blob {digest} of {store_path} is not in the store (upload the blob first)")
 
 
 def nar_cache_key(node: Node) -> bytes:

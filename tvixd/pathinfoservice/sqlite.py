@@ -18,6 +18,7 @@ from tvixd.directoryservice.base import DirectoryService
 from tvixd.errors import DataLoss, InvalidRequest
 from tvixd.pathinfoservice.base import PathInfoService
 from tvixd.pathinfoservice.common import (
+    check_imported_root,
     check_output_digest,
     check_path_info,
     nar_cache_key,
@@ -92,10 +93,19 @@ class SqlitePathInfoService(PathInfoService):
 
     def put(self, path_info: PathInfo) -> PathInfo:
         key = check_path_info(path_info, self.blob_service, self.directory_service)
-        data = path_info.SerializeToString(deterministic=True)
+        self._store(key, path_info.SerializeToString(deterministic=True))
+        return path_info
+
+    def put_imported(self, root: Entry, nar_size: int, nar_sha256: bytes) -> None:
+        """:meth:`put` of an import's PathInfo, encoded here (``encode_imported_path_info``): no protobuf."""
+        from tvixd.castore.entries import encode_imported_path_info
+
+        key = check_imported_root(root, nar_sha256, self.blob_service, self.directory_service)
+        self._store(key, encode_imported_path_info(root, nar_size, nar_sha256))
+
+    def _store(self, key: bytes, data: bytes) -> None:
         with self.db.transaction(f"store PathInfo {key.hex()}") as conn:
             conn.execute("INSERT OR REPLACE INTO path_infos (digest, data) VALUES (?, ?)", (key, data))
-        return path_info
 
     def list(self) -> Iterator[PathInfo]:
         # Keyset pagination in key order rather than one long cursor: the generator may be consumed
