@@ -94,7 +94,7 @@ def test_fs_batch_commit_fails_on_a_files_writeback_error(tmp_path, monkeypatch,
         monkeypatch.setattr(fs, "_fd_budget", lambda: 0)  # no anonymous temp files: named ones
     batch = service.batch()
     digests = []
-    for data in (os.urandom(100_000), os.urandom(200_000)):
+    for data in [os.urandom(100_000) for _ in range(fs.SMALL_BATCH + 1)]:  # a smaller batch fsyncs each file
         w = batch.open_write()
         w.write(data)
         digests.append(w.close())
@@ -102,6 +102,45 @@ def test_fs_batch_commit_fails_on_a_files_writeback_error(tmp_path, monkeypatch,
         batch.commit()
     assert checked
     assert not any(service.has(d) for d in digests)
+    assert os.listdir(tmp_path / "blobs" / "tmp") == []
+    assert batch._fds == 0
+    service.close()
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_fs_small_batch_fsyncs_each_blob_instead_of_a_syncfs(tmp_path, monkeypatch, fail):
+    """A batch of at most SMALL_BATCH blobs (a one-file import) fsyncs its files and their directories and
+    never sets up the shared syncfs; a failing fsync fails the commit: nothing visible, nothing left."""
+    import errno
+
+    from tvixd.blobservice import fs
+
+    service = from_addr(f"fs://{tmp_path / 'blobs'}")
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        if fail:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    batch = service.batch()
+    digests = []
+    for i in range(fs.SMALL_BATCH):
+        w = batch.open_write()
+        w.write(os.urandom(1000 + i))
+        digests.append(w.close())
+    if fail:
+        with pytest.raises(errors.StorageError, match="Input/output error"):
+            batch.commit()
+        assert not any(service.has(d) for d in digests)
+    else:
+        batch.commit()
+        assert all(service.has(d) for d in digests)
+        assert len(synced) >= fs.SMALL_BATCH + 2  # each file, then the root and fan-out directories
+    assert "group" not in vars(service)  # the syncfs barrier (and ctypes) never set up
     assert os.listdir(tmp_path / "blobs" / "tmp") == []
     assert batch._fds == 0
     service.close()
