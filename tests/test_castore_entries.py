@@ -14,6 +14,7 @@ from tvixd.castore.entries import (
     FILE,
     SYMLINK,
     decode_directory,
+    decode_path_info,
     decode_root_node,
     directory_entries,
     encode_imported_path_info,
@@ -123,6 +124,39 @@ def test_imported_path_info_encodes_as_protobuf_does():
             assert encoded == info.SerializeToString(deterministic=True), root
             assert decode_root_node(encoded) == root  # and entry_node is node_entry's inverse
             assert node_entry(getattr(info.node, info.node.WhichOneof("node"))) == root
+
+
+def test_path_infos_decode_as_protobuf_does():
+    """Any root (or none), references of any length, narinfo absent, empty or full: protobuf's values."""
+    from tvixd.castore.pathinfo import path_info_parts
+
+    rng = random.Random(13)
+    for directory in (random_directory(rng) for _ in range(200)):
+        for root in [None, *directory_entries(directory)[:3]]:
+            info = PathInfo(references=[rng.randbytes(rng.choice([0, 20, 32])) for _ in range(rng.randrange(3))])
+            if root is not None and root[1]:
+                info.node.CopyFrom(entry_node(root))
+            if rng.random() < 0.7:
+                names = [rng.choice(["a", "\u00fc" * 3, "", "x" * 200]) for _ in range(rng.randrange(3))]
+                info.narinfo.CopyFrom(NARInfo(nar_size=rng.choice([0, 1, 2**40]), reference_names=names,
+                                              nar_sha256=rng.choice([b"", rng.randbytes(32)])))  # fmt: skip
+            assert decode_path_info(info.SerializeToString(deterministic=True)) == path_info_parts(info)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        PathInfo(node=Node(symlink=SymlinkNode(name=b"n"))).SerializeToString() * 2,  # twice: protobuf merges
+        PathInfo(narinfo=NARInfo(nar_size=1)).SerializeToString() * 2,  # narinfo twice
+        PathInfo(narinfo=NARInfo(signatures=[NARInfo.Signature(name="k", data=b"s")])).SerializeToString(),
+        PathInfo(narinfo=NARInfo(reference_names=["a"])).SerializeToString()[:-1] + b"\xff",  # not UTF-8
+        PathInfo(references=[b"r"]).SerializeToString() + b"\x28\x01",  # an unknown varint field
+        b"\x1a\x02\x08\x00",  # nar_size 0 written out
+        PathInfo(references=[b"r"], narinfo=NARInfo(nar_size=1)).SerializeToString()[::-1],  # not even protobuf
+    ],
+)
+def test_path_info_in_another_form_is_left_to_protobuf(data: bytes):
+    assert decode_path_info(data) is None
 
 
 @pytest.mark.parametrize(

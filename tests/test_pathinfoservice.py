@@ -93,6 +93,27 @@ def test_put_overwrites(path_info_service):
     assert list(path_info_service.list()) == [symlink_info(target=b"two")]
 
 
+def test_get_parts_is_get_as_plain_values(path_info_service):
+    """get_parts: the stored PathInfo's root entry, references and narinfo (signatures left out)."""
+    from tvixd.castore.pathinfo import path_info_parts
+
+    assert path_info_service.get_parts(DUMMY_OUTPUT_HASH) is None
+    with pytest.raises(InvalidRequest, match="19"):
+        path_info_service.get_parts(bytes(19))
+    upload_complicated(path_info_service)
+    ref = "00000000000000000000000000000000-dummy"
+    node = Node(directory=DirectoryNode(name=DUMMY_NAME, digest=DIRECTORY_COMPLICATED_DIGEST, size=4))
+    for narinfo in (None, NARInfo(nar_size=840, nar_sha256=bytes(32), reference_names=[ref]),
+                    NARInfo(nar_size=840, nar_sha256=bytes(32), reference_names=[ref],
+                            signatures=[NARInfo.Signature(name="key-1", data=b"sig")])):  # fmt: skip
+        info = PathInfo(node=node, references=[DUMMY_OUTPUT_HASH], narinfo=narinfo)
+        path_info_service.put(info)
+        parts = path_info_service.get_parts(DUMMY_OUTPUT_HASH)
+        assert parts == path_info_parts(info)
+        assert parts.root == (0, DUMMY_NAME, DIRECTORY_COMPLICATED_DIGEST, 4, False)
+        assert parts.narinfo == (None if narinfo is None else (840, bytes(32), [ref]))
+
+
 def test_put_with_narinfo_roundtrips(path_info_service):
     upload_complicated(path_info_service)
     ref = b"00000000000000000000000000000000-dummy"
@@ -405,33 +426,49 @@ def test_sqlite_nar_cache_is_persistent(tmp_path):
     svc.close()
 
 
-@pytest.mark.parametrize("corruption", ["garbage", "wrong-key"])
+BAD_NARINFO = PathInfo(node=symlink_info().node, narinfo=NARInfo(nar_sha256=bytes(31)))
+
+
+@pytest.mark.parametrize("corruption", ["garbage", "wrong-key", "bad-narinfo", "bad-utf8-name"])
 def test_sqlite_corrupt_row_is_data_loss(tmp_path, corruption):
     import sqlite3
 
     with _embedded(tmp_path) as store:
         store.path_info.put(symlink_info())
-        data = b"\xff\xff" if corruption == "garbage" else symlink_info(name=b"1" * 32 + b"-x").SerializeToString()
+        data = {
+            "garbage": b"\xff\xff",
+            "wrong-key": symlink_info(name=b"1" * 32 + b"-x").SerializeToString(),
+            "bad-narinfo": BAD_NARINFO.SerializeToString(),
+            "bad-utf8-name": symlink_info().SerializeToString() + b"\x1a\x04\x22\x02\xff\xfe",  # reference_names
+        }[corruption]
         with sqlite3.connect(tmp_path / "store.sqlite") as db:
             db.execute("UPDATE path_infos SET data = ?", (data,))
-        with pytest.raises(DataLoss, match=DUMMY_OUTPUT_HASH.hex()):
+        with pytest.raises(DataLoss, match=DUMMY_OUTPUT_HASH.hex()) as by_protobuf:
             store.path_info.get(DUMMY_OUTPUT_HASH)
         with pytest.raises(DataLoss):
             list(store.path_info.list())
-        with pytest.raises(DataLoss, match=DUMMY_OUTPUT_HASH.hex()):  # read without protobuf: checked all the same
-            store.path_info.get_root_entry(DUMMY_OUTPUT_HASH)
+        # Read without protobuf: checked all the same, the same message.
+        with pytest.raises(DataLoss, match=DUMMY_OUTPUT_HASH.hex()) as by_parts:
+            store.path_info.get_parts(DUMMY_OUTPUT_HASH)
+        assert str(by_parts.value) == str(by_protobuf.value)
+        if corruption in ("garbage", "wrong-key"):  # the root entry is all get_root_entry reads
+            with pytest.raises(DataLoss, match=DUMMY_OUTPUT_HASH.hex()):
+                store.path_info.get_root_entry(DUMMY_OUTPUT_HASH)
 
 
 def test_sqlite_root_entry_of_a_row_in_another_wire_form(tmp_path):
     """A row that is valid protobuf but not what put() writes (an unknown field before the node) is read
-    through protobuf: the same entry."""
+    through protobuf: the same entry, the same parts."""
     import sqlite3
+
+    from tvixd.castore.pathinfo import path_info_parts
 
     with _embedded(tmp_path) as store:
         store.path_info.put(symlink_info())
         with sqlite3.connect(tmp_path / "store.sqlite") as db:
             db.execute("UPDATE path_infos SET data = ?", (b"\x28\x01" + symlink_info().SerializeToString(),))
         assert store.path_info.get_root_entry(DUMMY_OUTPUT_HASH) == (2, DUMMY_NAME, b"doesntmatter", 0, False)
+        assert store.path_info.get_parts(DUMMY_OUTPUT_HASH) == path_info_parts(symlink_info())
 
 
 def test_sqlite_locked_is_unavailable(tmp_path):

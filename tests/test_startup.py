@@ -53,7 +53,10 @@ def test_one_file_import_into_a_fresh_store_and_path_info_import_nothing_heavy(t
 
     r, names = imported("path-info", *flags, store_path)
     assert r.returncode == 0 and store_path in r.stdout, r.stderr
-    assert names & {*NOT_FOR_ONE_SHOT, "logging"} == set()
+    assert names & {*NOT_FOR_ONE_SHOT, "logging", "google"} == set()
+    r, names = imported("path-info", "--json", *flags, store_path)  # the row read without protobuf
+    assert r.returncode == 0 and '"narHash": "sha256:' in r.stdout, r.stderr
+    assert names & {*NOT_FOR_ONE_SHOT, "logging", "google"} == set()
 
     # Read commands write and hash nothing: no sha256, no ctypes (syncfs), no temp files or random names
     # (beyond what this interpreter's own start-up imports: a site .pth may import some of them).

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from operator import itemgetter
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
 
@@ -37,6 +37,22 @@ DIRECTORY, FILE, SYMLINK = 0, 1, 2
 
 Entry = tuple[int, bytes, bytes, int, bool]
 T = TypeVar("T")
+
+
+class PathInfoParts(
+    NamedTuple(
+        "PathInfoParts",
+        [("root", "Entry | None"), ("references", list[bytes]), ("narinfo", "tuple[int, bytes, list[str]] | None")],
+    )
+):
+    """A PathInfo as plain values: the root node's entry (None: unset), the references, and the
+    narinfo's ``(nar_size, nar_sha256, reference_names)`` (None: unset; signatures are left out).
+
+    What `tvixd path-info` prints, read from a SQLite row without protobuf (:func:`decode_path_info`)
+    and checked by ``tvixd.castore.pathinfo.validate_parts`` as the message would be.
+    """
+
+    __slots__ = ()
 
 _DIGEST_LEN = 32
 _TAG_KIND = {0x0A: DIRECTORY, 0x12: FILE, 0x1A: SYMLINK}
@@ -211,6 +227,56 @@ def decode_root_node(path_info: bytes) -> Entry | None:
     except (_NotCanonical, IndexError, ValueError):
         return None
     return root
+
+
+def decode_path_info(data: bytes) -> PathInfoParts | None:
+    """The parts of the canonically encoded PathInfo ``data``; None if it is not in canonical form
+    (fields in order, each at most once but the repeated ones, no unknown fields) so the caller
+    falls back to protobuf (also for a row with signatures, whose fields protobuf checks). Reference
+    names must be UTF-8, as protobuf requires."""
+    root: Entry | None = None
+    references: list[bytes] = []
+    narinfo = None
+    last = 0
+    try:
+        for tag, start, stop in _fields(data):
+            if tag < last or (tag == last and tag != 0x12) or tag > 0x1A:
+                raise _NotCanonical
+            last = tag
+            if tag == 0x0A:
+                ((kind_tag, node_start, node_stop),) = _fields(data[start:stop])
+                kind = _TAG_KIND.get(kind_tag)
+                if kind is None:
+                    raise _NotCanonical
+                root = _node(data, start + node_start, start + node_stop, kind)
+            elif tag == 0x12:
+                references.append(data[start:stop])
+            else:
+                narinfo = _narinfo(data[start:stop])
+    except (_NotCanonical, IndexError, ValueError):
+        return None
+    return PathInfoParts(root, references, narinfo)
+
+
+def _narinfo(data: bytes) -> tuple[int, bytes, list[str]]:
+    """NARInfo: nar_size (1, varint), nar_sha256 (2), reference_names (4); signatures (3): not here."""
+    nar_size, pos, end = 0, 0, len(data)
+    if end and data[0] == 0x08:
+        nar_size, pos = _varint(data, 1)
+        if not nar_size:
+            raise _NotCanonical
+    nar_sha256 = b""
+    names: list[str] = []
+    last = 0
+    for tag, start, stop in _fields(data[pos:]):
+        if tag < last or (tag == last and tag == 0x12) or tag not in (0x12, 0x22):
+            raise _NotCanonical
+        last = tag
+        if tag == 0x12:
+            nar_sha256 = data[pos + start : pos + stop]
+        elif tag == 0x22:
+            names.append(data[pos + start : pos + stop].decode())  # UnicodeDecodeError is a ValueError
+    return nar_size, nar_sha256, names
 
 
 def merge(dirs: list[Entry], files: list[Entry], links: list[Entry]) -> list[Entry]:

@@ -19,8 +19,8 @@ from tvixd.castore.digest import DIGEST_LEN
 from tvixd.castore.storepath import DIGEST_SIZE, StorePath, StorePathError
 from tvixd.errors import InvalidRequest
 
-if TYPE_CHECKING:  # no protobuf at run time: validate_imported_root serves a one-file import without it
-    from tvixd.castore.entries import Entry
+if TYPE_CHECKING:  # no protobuf at run time: validate_parts serves a one-file import and `path-info` without it
+    from tvixd.castore.entries import Entry, PathInfoParts
     from tvixd.proto.castore_pb2 import DirectoryNode, FileNode, SymlinkNode
     from tvixd.proto.pathinfo_pb2 import PathInfo
 
@@ -59,18 +59,53 @@ def validate_path_info(path_info: PathInfo) -> StorePath:
 
     Raises :class:`PathInfoValidationError` (an ``InvalidRequest``) naming the field.
     """
-    references = path_info.references
-    has_narinfo = path_info.HasField("narinfo")
-    narinfo = path_info.narinfo
-    if has_narinfo and len(narinfo.reference_names) != len(references):
+    return validate_parts(path_info_parts(path_info))
+
+
+def path_info_parts(path_info: PathInfo) -> PathInfoParts:
+    """The plain values of ``path_info`` (see ``tvixd.castore.entries.PathInfoParts``)."""
+    from tvixd.castore.entries import PathInfoParts, node_entry
+
+    kind = path_info.node.WhichOneof("node") if path_info.HasField("node") else None
+    root = None if kind is None else node_entry(getattr(path_info.node, kind))
+    narinfo = None
+    if path_info.HasField("narinfo"):
+        n = path_info.narinfo
+        narinfo = (n.nar_size, n.nar_sha256, list(n.reference_names))
+    return PathInfoParts(root, list(path_info.references), narinfo)
+
+
+def validate_imported_root(root: Entry, nar_sha256: bytes) -> StorePath:
+    """:func:`validate_path_info` of the PathInfo an import makes (root ``root``, no references, a
+    narinfo of the NAR's size and ``nar_sha256``), without building it: the same checks and errors."""
+    from tvixd.castore.entries import PathInfoParts
+
+    return validate_parts(PathInfoParts(root, [], (0, nar_sha256, [])))
+
+
+KIND_NAMES = ("directory", "file", "symlink")
+"""The Node field of each entry kind (``tvixd.castore.entries`` DIRECTORY, FILE, SYMLINK)."""
+
+
+def validate_parts(parts: PathInfoParts) -> StorePath:
+    """:func:`validate_path_info` of a PathInfo's plain values (a row read without protobuf, an import's)."""
+    root, references, narinfo = parts
+    if narinfo is not None and len(narinfo[2]) != len(references):
         raise PathInfoValidationError(
             "InconsistentNumberOfReferences",
-            f"{len(references)} references but {len(narinfo.reference_names)} narinfo.reference_names",
+            f"{len(references)} references but {len(narinfo[2])} narinfo.reference_names",
         )
-
-    node = root_node(path_info)
-    kind = path_info.node.WhichOneof("node")
-    store_path = _root_store_path(kind, node.name, b"" if kind == "symlink" else node.digest)
+    if root is None:
+        raise PathInfoValidationError("NoNodePresent", "no root node present (path_info.node is unset)")
+    kind = KIND_NAMES[root[0]]
+    if kind != "symlink" and len(root[2]) != DIGEST_LEN:
+        raise PathInfoValidationError(
+            "InvalidDigestLen", f"node.{kind}.digest is {len(root[2])} bytes, expected {DIGEST_LEN}"
+        )
+    try:
+        store_path = StorePath.from_basename(root[1])
+    except StorePathError as exc:
+        raise PathInfoValidationError("InvalidNodeName", f"node.{kind}.name: {exc}") from None
 
     for i, reference in enumerate(references):
         if len(reference) != DIGEST_SIZE:
@@ -78,9 +113,13 @@ def validate_path_info(path_info: PathInfo) -> StorePath:
                 "InvalidReferenceLen",
                 f"references[{i}] is {len(reference)} bytes, expected a {DIGEST_SIZE}-byte store path digest",
             )
-    if has_narinfo:
-        _check_nar_sha256(narinfo.nar_sha256)
-        for i, (name, reference) in enumerate(zip(narinfo.reference_names, references, strict=True)):
+    if narinfo is not None:
+        _, nar_sha256, reference_names = narinfo
+        if len(nar_sha256) != NAR_SHA256_LEN:
+            raise PathInfoValidationError(
+                "InvalidNarSha256Len", f"narinfo.nar_sha256 is {len(nar_sha256)} bytes, expected {NAR_SHA256_LEN}"
+            )
+        for i, (name, reference) in enumerate(zip(reference_names, references, strict=True)):
             try:
                 ref_path = StorePath.from_basename(name)
             except StorePathError as exc:
@@ -94,35 +133,3 @@ def validate_path_info(path_info: PathInfo) -> StorePath:
                     f"but references[{i}] is {reference.hex()}",
                 )
     return store_path
-
-
-KIND_NAMES = ("directory", "file", "symlink")
-"""The Node field of each entry kind (``tvixd.castore.entries`` DIRECTORY, FILE, SYMLINK)."""
-
-
-def validate_imported_root(root: Entry, nar_sha256: bytes) -> StorePath:
-    """:func:`validate_path_info` of the PathInfo an import makes (root ``root``, no references, a
-    narinfo of the NAR's size and ``nar_sha256``), without building it: the same checks and errors."""
-    kind = KIND_NAMES[root[0]]
-    store_path = _root_store_path(kind, root[1], b"" if kind == "symlink" else root[2])
-    _check_nar_sha256(nar_sha256)
-    return store_path
-
-
-def _root_store_path(kind: str, name: bytes, digest: bytes) -> StorePath:
-    """Rule 3: a directory or file root's digest is 32 bytes; the root's name is a store path basename."""
-    if kind != "symlink" and len(digest) != DIGEST_LEN:
-        raise PathInfoValidationError(
-            "InvalidDigestLen", f"node.{kind}.digest is {len(digest)} bytes, expected {DIGEST_LEN}"
-        )
-    try:
-        return StorePath.from_basename(name)
-    except StorePathError as exc:
-        raise PathInfoValidationError("InvalidNodeName", f"node.{kind}.name: {exc}") from None
-
-
-def _check_nar_sha256(nar_sha256: bytes) -> None:
-    if len(nar_sha256) != NAR_SHA256_LEN:
-        raise PathInfoValidationError(
-            "InvalidNarSha256Len", f"narinfo.nar_sha256 is {len(nar_sha256)} bytes, expected {NAR_SHA256_LEN}"
-        )

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from tvixd.blobservice.base import BlobReader, VerifiedBlob
     from tvixd.castore.directory import AnyNode
-    from tvixd.castore.entries import Entry
+    from tvixd.castore.entries import Entry, PathInfoParts
     from tvixd.proto.pathinfo_pb2 import PathInfo
     from tvixd.store import Store
 
@@ -242,51 +242,61 @@ def run_dump_path(args: argparse.Namespace) -> int:
     return 0
 
 
-def path_info_json(info: PathInfo) -> dict[str, object]:
+def path_info_json(parts: PathInfoParts) -> dict[str, object]:
     """One object of ``nix path-info --json``: path, narHash (sha256:<nixbase32>), narSize, references."""
     from tvixd.castore import nixbase32
-    from tvixd.castore.pathinfo import root_node
     from tvixd.castore.storepath import STORE_DIR
 
-    obj: dict[str, object] = {"path": f"{STORE_DIR}/{root_node(info).name.decode()}"}
-    if info.HasField("narinfo"):
-        obj["narHash"] = "sha256:" + nixbase32.encode(info.narinfo.nar_sha256)
-        obj["narSize"] = info.narinfo.nar_size
-        obj["references"] = [f"{STORE_DIR}/{name}" for name in info.narinfo.reference_names]
+    root, references, narinfo = parts
+    assert root is not None  # checked when read
+    obj: dict[str, object] = {"path": f"{STORE_DIR}/{root[1].decode()}"}
+    if narinfo is not None:
+        nar_size, nar_sha256, reference_names = narinfo
+        obj["narHash"] = "sha256:" + nixbase32.encode(nar_sha256)
+        obj["narSize"] = nar_size
+        obj["references"] = [f"{STORE_DIR}/{name}" for name in reference_names]
     else:
-        obj["references"] = [f"{STORE_DIR}/{nixbase32.encode(ref)}" for ref in info.references]
+        obj["references"] = [f"{STORE_DIR}/{nixbase32.encode(ref)}" for ref in references]
     return obj
 
 
 def run_path_info(args: argparse.Namespace) -> int:
-    """Print store paths (or their metadata as JSON); missing ones are errors on stderr."""
-    from tvixd.castore.pathinfo import root_node
-    from tvixd.castore.storepath import STORE_DIR
+    """Print store paths (or their metadata as JSON); missing ones are errors on stderr.
+
+    Each is read as plain values (``get_parts``): from a SQLite store without protobuf.
+    """
+    from tvixd.castore.storepath import STORE_DIR, StorePath
     from tvixd.cli.common import open_store
-    from tvixd.errors import TvixError
+    from tvixd.errors import NotFound, TvixError
 
     failed = 0
-    infos: list[PathInfo] = []
+    found: list[PathInfoParts] = []
     with open_store(args) as store:
         if args.all:
-            infos.extend(store.path_info.list())
+            from tvixd.castore.pathinfo import path_info_parts
+
+            found.extend(path_info_parts(info) for info in store.path_info.list())
         for path in args.paths:
             try:
-                info, rest = lookup_path_info(store, _canon(path))
+                store_path, rest = StorePath.from_absolute_path_full(_canon(path))
+                parts = store.path_info.get_parts(store_path.digest)
+                if parts is None or parts.root is None or parts.root[1] != str(store_path).encode():
+                    raise NotFound(f"path '{store_path.absolute()}' is not in the store")
                 if rest:
                     raise TvixError(f"'{path}' is a path inside a store path, not a store path")
             except TvixError as e:
                 failed += 1
                 print(f"tvixd path-info: error: {e}", file=sys.stderr, flush=True)
                 continue
-            infos.append(info)
+            found.append(parts)
     if args.json:
         import json  # only here: ~2 ms of a plain `path-info`
 
-        print(json.dumps([path_info_json(info) for info in infos]))
+        print(json.dumps([path_info_json(parts) for parts in found]))
     else:
-        for info in infos:
-            print(f"{STORE_DIR}/{root_node(info).name.decode()}")
+        for parts in found:
+            assert parts.root is not None
+            print(f"{STORE_DIR}/{parts.root[1].decode()}")
     return 1 if failed else 0
 
 

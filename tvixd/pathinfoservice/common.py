@@ -10,7 +10,7 @@ from tvixd.directoryservice.base import DirectoryService
 from tvixd.errors import FailedPrecondition, InvalidRequest
 
 if TYPE_CHECKING:  # protobuf where it is used: `dump-path` needs only check_output_digest
-    from tvixd.castore.entries import Entry
+    from tvixd.castore.entries import Entry, PathInfoParts
     from tvixd.castore.storepath import StorePath
     from tvixd.proto.pathinfo_pb2 import Node, PathInfo
 
@@ -24,11 +24,13 @@ def check_output_digest(digest: bytes) -> bytes:
     return bytes(digest)
 
 
-def validate_stored_path_info(path_info: PathInfo, key: bytes) -> None:
-    """Re-check a PathInfo read back from storage: still valid, and stored under its own digest."""
-    from tvixd.castore.pathinfo import validate_path_info
+def validate_stored_path_info(path_info: PathInfo | PathInfoParts, key: bytes) -> None:
+    """Re-check a PathInfo read back from storage (the message or its parts): still valid, and stored
+    under its own digest."""
+    from tvixd.castore.entries import PathInfoParts
+    from tvixd.castore.pathinfo import path_info_parts, validate_parts
 
-    store_path = validate_path_info(path_info)
+    store_path = validate_parts(path_info if isinstance(path_info, PathInfoParts) else path_info_parts(path_info))
     if bytes(store_path.digest) != key:
         raise InvalidRequest(f"stored under {key.hex()} but its root node names {store_path}")
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from tvixd.blobservice.base import BlobService
-from tvixd.castore.entries import decode_root_node
+from tvixd.castore.entries import decode_path_info, decode_root_node
 from tvixd.directoryservice.base import DirectoryService
 from tvixd.errors import DataLoss, InvalidRequest
 from tvixd.pathinfoservice.base import PathInfoService
@@ -27,7 +27,7 @@ from tvixd.pathinfoservice.common import (
 from tvixd.sqlite import BUSY_TIMEOUT, SqliteDatabase
 
 if TYPE_CHECKING:  # protobuf where it is used: `dump-path` reads the root node without it (get_root_entry)
-    from tvixd.castore.entries import Entry
+    from tvixd.castore.entries import Entry, PathInfoParts
     from tvixd.proto.pathinfo_pb2 import Node, PathInfo
 
 LIST_PAGE = 256
@@ -56,8 +56,11 @@ class SqlitePathInfoService(PathInfoService):
             path_info = PathInfo.FromString(data)
             validate_stored_path_info(path_info, key)
         except (DecodeError, InvalidRequest) as e:
-            raise DataLoss(f"stored PathInfo {key.hex()} in {self.db.path} is corrupt: {e}") from e
+            raise self._corrupt(key, e) from e
         return path_info
+
+    def _corrupt(self, key: bytes, e: Exception) -> DataLoss:
+        return DataLoss(f"stored PathInfo {key.hex()} in {self.db.path} is corrupt: {e}")
 
     def _row(self, key: bytes) -> bytes | None:
         """The stored bytes of the PathInfo under ``key`` (checked by check_output_digest), or None."""
@@ -69,6 +72,24 @@ class SqlitePathInfoService(PathInfoService):
         key = check_output_digest(digest)
         data = self._row(key)
         return None if data is None else self._decode(key, data)
+
+    def get_parts(self, digest: bytes) -> PathInfoParts | None:
+        """Decoded without protobuf (``decode_path_info``) and checked as :meth:`get` checks the message;
+        a row in another wire form (or with signatures) is decoded by protobuf, as by :meth:`get`."""
+        from tvixd.castore.pathinfo import path_info_parts
+
+        key = check_output_digest(digest)
+        data = self._row(key)
+        if data is None:
+            return None
+        parts = decode_path_info(data)
+        if parts is None:
+            return path_info_parts(self._decode(key, data))
+        try:
+            validate_stored_path_info(parts, key)
+        except InvalidRequest as e:
+            raise self._corrupt(key, e) from e
+        return parts
 
     def get_root_entry(self, digest: bytes) -> Entry | None:
         """The root node read from the row without protobuf, checked as far as it is used: a valid store
