@@ -42,7 +42,7 @@ T = TypeVar("T")
 class PathInfoParts(
     NamedTuple(
         "PathInfoParts",
-        [("root", "Entry | None"), ("references", list[bytes]), ("narinfo", "tuple[int, bytes, list[str]] | None")],
+        [("root", Entry | None), ("references", list[bytes]), ("narinfo", tuple[int, bytes, list[str]] | None)],
     )
 ):
     """A PathInfo as plain values: the root node's entry (None: unset), the references, and the

@@ -20,7 +20,7 @@ from tvixd.castore.storepath import DIGEST_SIZE, StorePath, StorePathError
 from tvixd.errors import InvalidRequest
 
 if TYPE_CHECKING:  # no protobuf at run time: validate_parts serves a one-file import and `path-info` without it
-    from tvixd.castore.entries import Entry, PathInfoParts
+    from tvixd.castore.entries import PathInfoParts
     from tvixd.proto.castore_pb2 import DirectoryNode, FileNode, SymlinkNode
     from tvixd.proto.pathinfo_pb2 import PathInfo
 
@@ -50,7 +50,7 @@ def root_node(path_info: PathInfo) -> DirectoryNode | FileNode | SymlinkNode:
     """The root node set in ``path_info.node`` (directory, file or symlink)."""
     kind = path_info.node.WhichOneof("node") if path_info.HasField("node") else None
     if kind is None:
-        raise PathInfoValidationError("NoNodePresent", "no root node present (path_info.node is unset)")
+        raise _no_root_node()
     return getattr(path_info.node, kind)
 
 
@@ -75,15 +75,7 @@ def path_info_parts(path_info: PathInfo) -> PathInfoParts:
     return PathInfoParts(root, list(path_info.references), narinfo)
 
 
-def validate_imported_root(root: Entry, nar_sha256: bytes) -> StorePath:
-    """:func:`validate_path_info` of the PathInfo an import makes (root ``root``, no references, a
-    narinfo of the NAR's size and ``nar_sha256``), without building it: the same checks and errors."""
-    from tvixd.castore.entries import PathInfoParts
-
-    return validate_parts(PathInfoParts(root, [], (0, nar_sha256, [])))
-
-
-KIND_NAMES = ("directory", "file", "symlink")
+_KIND_NAMES = ("directory", "file", "symlink")
 """The Node field of each entry kind (``tvixd.castore.entries`` DIRECTORY, FILE, SYMLINK)."""
 
 
@@ -96,8 +88,8 @@ def validate_parts(parts: PathInfoParts) -> StorePath:
             f"{len(references)} references but {len(narinfo[2])} narinfo.reference_names",
         )
     if root is None:
-        raise PathInfoValidationError("NoNodePresent", "no root node present (path_info.node is unset)")
-    kind = KIND_NAMES[root[0]]
+        raise _no_root_node()
+    kind = _KIND_NAMES[root[0]]
     if kind != "symlink" and len(root[2]) != DIGEST_LEN:
         raise PathInfoValidationError(
             "InvalidDigestLen", f"node.{kind}.digest is {len(root[2])} bytes, expected {DIGEST_LEN}"
@@ -133,3 +125,7 @@ def validate_parts(parts: PathInfoParts) -> StorePath:
                     f"but references[{i}] is {reference.hex()}",
                 )
     return store_path
+
+
+def _no_root_node() -> PathInfoValidationError:
+    return PathInfoValidationError("NoNodePresent", "no root node present (path_info.node is unset)")

@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from tvixd.blobservice.base import BlobReader, VerifiedBlob
     from tvixd.castore.directory import AnyNode
     from tvixd.castore.entries import Entry, PathInfoParts
-    from tvixd.proto.pathinfo_pb2 import PathInfo
     from tvixd.store import Store
 
 MAX_SYMLINK_HOPS = 40
@@ -81,21 +80,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # --- resolution -------------------------------------------------------------------------------------
 
 
-def lookup_path_info(store: Store, path: str) -> tuple[PathInfo, str]:
-    """The PathInfo of the store path that ``path`` starts with, and the rest of ``path``.
+def lookup_path_info(store: Store, path: str) -> tuple[PathInfoParts, str]:
+    """The PathInfo (as plain values) of the store path that ``path`` starts with, and the rest of ``path``.
 
     ``NotFound`` if the store path is not in the store (also when a path info is stored
     under the digest but for a different name: that is a different store path).
     """
-    from tvixd.castore.pathinfo import root_node
     from tvixd.castore.storepath import StorePath
     from tvixd.errors import NotFound
 
     store_path, rest = StorePath.from_absolute_path_full(path)
-    info = store.path_info.get(store_path.digest)
-    if info is None or root_node(info).name != str(store_path).encode():
+    parts = store.path_info.get_parts(store_path.digest)
+    if parts is None or parts.root is None or parts.root[1] != str(store_path).encode():
         raise NotFound(f"path '{store_path.absolute()}' is not in the store")
-    return info, rest
+    return parts, rest
 
 
 def _canon(path: str) -> str:
@@ -130,14 +128,16 @@ def resolve(store: Store, path: str, hops: int = 0) -> AnyNode | None:
     """
     import os
 
-    from tvixd.castore.pathinfo import root_node
+    from tvixd.castore.entries import entry_node
     from tvixd.castore.storepath import STORE_DIR
     from tvixd.errors import InvalidRequest
     from tvixd.proto.castore_pb2 import DirectoryNode, SymlinkNode
 
     path = _canon(path)
-    info, rest = lookup_path_info(store, path)
-    node: AnyNode = root_node(info)
+    parts, rest = lookup_path_info(store, path)
+    assert parts.root is not None  # checked by lookup_path_info
+    root = entry_node(parts.root)
+    node: AnyNode = getattr(root, root.WhichOneof("node"))
     store_root = f"{STORE_DIR}/{node.name.decode()}"
     components = [os.fsencode(c) for c in rest.split("/") if c]
     for i, name in enumerate(components):
@@ -265,9 +265,9 @@ def run_path_info(args: argparse.Namespace) -> int:
 
     Each is read as plain values (``get_parts``): from a SQLite store without protobuf.
     """
-    from tvixd.castore.storepath import STORE_DIR, StorePath
+    from tvixd.castore.storepath import STORE_DIR
     from tvixd.cli.common import open_store
-    from tvixd.errors import NotFound, TvixError
+    from tvixd.errors import TvixError
 
     failed = 0
     found: list[PathInfoParts] = []
@@ -278,10 +278,7 @@ def run_path_info(args: argparse.Namespace) -> int:
             found.extend(path_info_parts(info) for info in store.path_info.list())
         for path in args.paths:
             try:
-                store_path, rest = StorePath.from_absolute_path_full(_canon(path))
-                parts = store.path_info.get_parts(store_path.digest)
-                if parts is None or parts.root is None or parts.root[1] != str(store_path).encode():
-                    raise NotFound(f"path '{store_path.absolute()}' is not in the store")
+                parts, rest = lookup_path_info(store, _canon(path))
                 if rest:
                     raise TvixError(f"'{path}' is a path inside a store path, not a store path")
             except TvixError as e:

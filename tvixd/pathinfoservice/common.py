@@ -10,8 +10,7 @@ from tvixd.directoryservice.base import DirectoryService
 from tvixd.errors import FailedPrecondition, InvalidRequest
 
 if TYPE_CHECKING:  # protobuf where it is used: `dump-path` needs only check_output_digest
-    from tvixd.castore.entries import Entry, PathInfoParts
-    from tvixd.castore.storepath import StorePath
+    from tvixd.castore.entries import PathInfoParts
     from tvixd.proto.pathinfo_pb2 import Node, PathInfo
 
 STORE_PATH_DIGEST_LEN = 20
@@ -42,41 +41,29 @@ def check_path_info(path_info: PathInfo, blob: BlobService, directory: Directory
     root's content must exist (a directory's closure is complete by the
     directory store's invariant): ``FailedPrecondition`` naming the digest.
     """
-    from tvixd.castore.pathinfo import validate_path_info
+    from tvixd.castore.pathinfo import path_info_parts
 
-    store_path = validate_path_info(path_info)
-    kind = path_info.node.WhichOneof("node")
-    if kind != "symlink":
-        _check_content_present(kind, getattr(path_info.node, kind).digest, store_path, blob, directory)
-    return bytes(store_path.digest)
+    return check_parts(path_info_parts(path_info), blob, directory)
 
 
-def check_imported_root(
-    root: Entry, nar_sha256: bytes, blob: BlobService, directory: DirectoryService
-) -> bytes:
-    """:func:`check_path_info` of an import's PathInfo (see ``PathInfoService.put_imported``), unbuilt."""
-    from tvixd.castore.pathinfo import KIND_NAMES, validate_imported_root
+def check_parts(parts: PathInfoParts, blob: BlobService, directory: DirectoryService) -> bytes:
+    """:func:`check_path_info` of a PathInfo's plain values (``PathInfoService.put_imported``'s)."""
+    from tvixd.castore.entries import DIRECTORY, SYMLINK
+    from tvixd.castore.pathinfo import validate_parts
 
-    store_path = validate_imported_root(root, nar_sha256)
-    kind = KIND_NAMES[root[0]]
-    if kind != "symlink":
-        _check_content_present(kind, root[2], store_path, blob, directory)
-    return bytes(store_path.digest)
-
-
-def _check_content_present(
-    kind: str, digest: bytes, store_path: StorePath, blob: BlobService, directory: DirectoryService
-) -> None:
-    """The root's content must be stored: the directory (its closure complete by the directory store's
-    invariant) or the blob."""
-    digest = B3Digest(digest)
-    if kind == "directory":
+    store_path = validate_parts(parts)
+    assert parts.root is not None  # validated
+    kind, _, digest = parts.root[:3]
+    if kind == DIRECTORY:
         if directory.get(digest) is None:
             raise FailedPrecondition(
-                f"root directory {digest} of {store_path} is not in the store (upload the directories first)"
+                f"root directory {B3Digest(digest)} of {store_path} is not in the store (upload the directories first)"
             )
-    elif not blob.has(digest):
-        raise FailedPrecondition(f"root blob {digest} of {store_path} is not in the store (upload the blob first)")
+    elif kind != SYMLINK and not blob.has(digest):
+        raise FailedPrecondition(
+            f"root blob {B3Digest(digest)} of {store_path} is not in the store (upload the blob first)"
+        )
+    return bytes(store_path.digest)
 
 
 def nar_cache_key(node: Node) -> bytes:

@@ -18,8 +18,8 @@ from tvixd.directoryservice.base import DirectoryService
 from tvixd.errors import DataLoss, InvalidRequest
 from tvixd.pathinfoservice.base import PathInfoService
 from tvixd.pathinfoservice.common import (
-    check_imported_root,
     check_output_digest,
+    check_parts,
     check_path_info,
     nar_cache_key,
     validate_stored_path_info,
@@ -119,9 +119,10 @@ class SqlitePathInfoService(PathInfoService):
 
     def put_imported(self, root: Entry, nar_size: int, nar_sha256: bytes) -> None:
         """:meth:`put` of an import's PathInfo, encoded here (``encode_imported_path_info``): no protobuf."""
-        from tvixd.castore.entries import encode_imported_path_info
+        from tvixd.castore.entries import PathInfoParts, encode_imported_path_info
 
-        key = check_imported_root(root, nar_sha256, self.blob_service, self.directory_service)
+        parts = PathInfoParts(root, [], (nar_size, nar_sha256, []))
+        key = check_parts(parts, self.blob_service, self.directory_service)
         self._store(key, encode_imported_path_info(root, nar_size, nar_sha256))
 
     def _store(self, key: bytes, data: bytes) -> None:
