@@ -244,14 +244,18 @@ class FsBlobReader(BlobReader):
             got = self._file.readinto(view[:n])
         except OSError as e:
             raise _os_error(e, "read blob file", self._path) from e
-        if not got:
+        self._account(view[:got])
+        return got
+
+    def _account(self, data: bytes | memoryview) -> None:
+        """Hash what was just read (nothing read: the file is shorter than its blob); at the end, verify."""
+        if not data:
             raise DataLoss(f"blob {self._digest} is truncated on disk ({self._path}: {self._pos} of {self.size} bytes)")
         if self._hasher is not None:
-            self._hasher.update(view[:got])
-        self._pos += got
+            self._hasher.update(data)
+        self._pos += len(data)
         if self._pos >= self.size:
             self._verify_at_end()
-        return got
 
     def _verify_at_end(self) -> None:
         if self._hasher is None:
@@ -261,9 +265,10 @@ class FsBlobReader(BlobReader):
             raise DataLoss(f"blob {self._digest} is corrupt on disk: its bytes no longer hash to it ({self._path})")
 
     def read(self, size: int = -1) -> bytes:
-        # RawIOBase.read(n) allocates and zero-fills n bytes before reading; the NAR renderer asks
-        # for 1 MiB per call, so for each small blob that was a 1 MiB memset (measured: about a
-        # third of `dump-path` on /usr/share/doc). Never ask for more than what is left.
+        # Not RawIOBase.read(n): it zero-fills n bytes, reads into them and copies them out again
+        # (for a small blob read by the NAR renderer's 1 MiB requests, the memset alone was about a
+        # third of `dump-path` on /usr/share/doc; for a daemon's Read, two passes over every byte).
+        # The file's own read fills the bytes object once. Never ask for more than what is left.
         if size is None or size < 0:
             return self.readall()
         n = min(size, self.size - self._pos)
@@ -271,7 +276,12 @@ class FsBlobReader(BlobReader):
             if size:
                 self._verify_at_end()  # at EOF: the check readinto would have made
             return b""
-        return super().read(n)
+        try:
+            data = self._file.read(n)
+        except OSError as e:
+            raise _os_error(e, "read blob file", self._path) from e
+        self._account(data)
+        return data
 
     def readall(self) -> bytes:
         chunks = []
