@@ -136,3 +136,21 @@ def test_a_one_shot_command_declares_only_its_own_arguments(tmp_path: Path):
                        check=True, env=tvixd_env())  # fmt: skip
     for command in ("daemon", "import", "dump-path", "path-info", "ls", "cat", "mount", "binary-cache", "config"):
         assert command in r.stdout
+
+
+def test_argparse_messages_read_as_before_without_gettext():
+    """argparse's own messages skip gettext (tvixd.cli._untranslated_argparse): the same English text,
+    singular and plural forms included."""
+    cases = [
+        (["import", "--workers"], "tvixd import: error: argument --workers: expected one argument"),
+        (["dump-pat"], "tvixd: error: argument COMMAND: invalid choice: 'dump-pat' (choose from 'daemon',"),
+        (["ls"], "tvixd ls: error: the following arguments are required: STORE_PATH"),
+    ]
+    for args, message in cases:
+        r = subprocess.run([sys.executable, "-m", "tvixd", *args], capture_output=True, text=True, timeout=120,
+                           check=False, env=tvixd_env())  # fmt: skip
+        assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
+    r = subprocess.run([sys.executable, "-m", "tvixd", "ls", "--help"], capture_output=True, text=True, timeout=120,
+                       check=True, env=tvixd_env())  # fmt: skip
+    assert r.stdout.startswith("usage: tvixd ls [-h]") and "show this help message and exit" in r.stdout
+    assert "options:" in r.stdout and "positional arguments:" in r.stdout
