@@ -23,13 +23,11 @@ def check_output_digest(digest: bytes) -> bytes:
     return bytes(digest)
 
 
-def validate_stored_path_info(path_info: PathInfo | PathInfoParts, key: bytes) -> None:
-    """Re-check a PathInfo read back from storage (the message or its parts): still valid, and stored
-    under its own digest."""
-    from tvixd.castore.entries import PathInfoParts
-    from tvixd.castore.pathinfo import path_info_parts, validate_parts
+def validate_stored_path_info(parts: PathInfoParts, key: bytes) -> None:
+    """Re-check a PathInfo read back from storage (its parts): still valid, and stored under its own digest."""
+    from tvixd.castore.pathinfo import validate_parts
 
-    store_path = validate_parts(path_info if isinstance(path_info, PathInfoParts) else path_info_parts(path_info))
+    store_path = validate_parts(parts)
     if bytes(store_path.digest) != key:
         raise InvalidRequest(f"stored under {key.hex()} but its root node names {store_path}")
 

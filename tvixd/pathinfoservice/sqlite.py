@@ -50,11 +50,12 @@ class SqlitePathInfoService(PathInfoService):
     def _decode(self, key: bytes, data: bytes) -> PathInfo:
         from google.protobuf.message import DecodeError
 
+        from tvixd.castore.pathinfo import path_info_parts
         from tvixd.proto.pathinfo_pb2 import PathInfo
 
         try:
             path_info = PathInfo.FromString(data)
-            validate_stored_path_info(path_info, key)
+            validate_stored_path_info(path_info_parts(path_info), key)
         except (DecodeError, InvalidRequest) as e:
             raise self._corrupt(key, e) from e
         return path_info
