@@ -48,6 +48,21 @@ def test_put_get(directory_service):
     assert directory_service.get(DIRECTORY_A_DIGEST) == DIRECTORY_A
 
 
+def test_get_entries_is_get_as_entries(directory_service):
+    """get_entries: the directory's entries in NAR order, as directory_entries of get(); None if missing."""
+    from tvixd.castore.entries import directory_entries
+
+    assert directory_service.get_entries(DIRECTORY_COMPLICATED_DIGEST) is None
+    with pytest.raises(InvalidRequest):
+        directory_service.get_entries(bytes(31))
+    put_all(directory_service, DIRECTORY_WITH_KEEP, DIRECTORY_COMPLICATED)
+    for digest, directory in ((DIRECTORY_COMPLICATED_DIGEST, DIRECTORY_COMPLICATED),
+                              (DIRECTORY_WITH_KEEP_DIGEST, DIRECTORY_WITH_KEEP)):  # fmt: skip
+        entries = directory_service.get_entries(digest)
+        assert entries == directory_entries(directory) == directory_entries(directory_service.get(digest))
+    assert [e[1] for e in directory_service.get_entries(DIRECTORY_COMPLICATED_DIGEST)] == [b".keep", b"aa", b"keep"]
+
+
 def test_get_returns_a_copy(directory_service):
     put_all(directory_service, DIRECTORY_WITH_KEEP)
     got = directory_service.get(DIRECTORY_WITH_KEEP_DIGEST)
@@ -479,6 +494,8 @@ def test_sqlite_corrupt_row_is_data_loss(tmp_path, corruption):
         db.execute("UPDATE directories SET data = ? WHERE digest = ?", (data, bytes(DIRECTORY_B_DIGEST)))
     with pytest.raises(DataLoss, match=str(DIRECTORY_B_DIGEST).replace("+", r"\+")):
         svc.get(DIRECTORY_B_DIGEST)
+    with pytest.raises(DataLoss, match=str(DIRECTORY_B_DIGEST).replace("+", r"\+")):  # decoded without protobuf
+        svc.get_entries(DIRECTORY_B_DIGEST)
     svc.close()
 
 

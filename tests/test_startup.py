@@ -67,19 +67,30 @@ def test_one_file_import_into_a_fresh_store_and_path_info_import_nothing_heavy(t
         assert (names - interpreter) & {*NOT_FOR_ONE_SHOT, *NOT_FOR_READING} == set(), command
 
 
-def test_dump_path_of_a_whole_store_path_imports_no_protobuf(tmp_path: Path):
-    """The root node and the directories are read from the SQLite rows without protobuf (~50 ms of start-up)."""
+def test_read_commands_import_no_protobuf(tmp_path: Path):
+    """The root node and the directories are read from the SQLite rows without protobuf (~50 ms of start-up):
+    dump-path of a store path or of a path inside one, ls (plain, -lR, --json) and cat through a symlink."""
     tree = tmp_path / "tree"
     (tree / "sub").mkdir(parents=True)
     (tree / "sub" / "f").write_bytes(b"contents")
-    (tree / "link").symlink_to("sub/f")
+    (tree / "link").symlink_to("sub")
     flags = store_flags(tmp_path / "state")
     for src in (tree, tree / "sub" / "f"):
         r = subprocess.run([sys.executable, "-m", "tvixd", "import", *flags, str(src)], capture_output=True,
                            text=True, timeout=120, check=True, env=tvixd_env())  # fmt: skip
-        r, names = imported("dump-path", *flags, r.stdout.strip())
+        store_path = r.stdout.strip()
+        r, names = imported("dump-path", *flags, store_path)
         assert r.returncode == 0 and "nix-archive-1" in r.stdout, r.stderr
         assert "google" not in names, src
+    tree_path = subprocess.run([sys.executable, "-m", "tvixd", "import", *flags, str(tree)], capture_output=True,
+                               text=True, timeout=120, check=True, env=tvixd_env()).stdout.strip()  # fmt: skip
+    for args, expected in ((["dump-path", f"{tree_path}/sub"], "nix-archive-1"),
+                           (["ls", tree_path], "./sub"), (["ls", "-lR", tree_path], "./sub/f"),
+                           (["ls", "--json", "-R", tree_path], '"f":{"type":"regular","size":8}'),
+                           (["cat", f"{tree_path}/link/f"], "contents")):  # fmt: skip
+        r, names = imported(*args[:1], *flags, *args[1:])
+        assert r.returncode == 0 and expected in r.stdout, (args, r.stdout, r.stderr)
+        assert "google" not in names, args
 
 
 NOT_FOR_READING = ("logging", "hashlib", "_hashlib", "ctypes", "secrets", "random", "tempfile",

@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from tvixd.blobservice.base import BlobReader, VerifiedBlob
-    from tvixd.castore.directory import AnyNode
     from tvixd.castore.entries import Entry, PathInfoParts
     from tvixd.store import Store
 
@@ -107,65 +106,60 @@ def _canon(path: str) -> str:
     return path[1:] if path.startswith("//") else path  # POSIX keeps a leading "//"; Nix doesn't
 
 
-def _child(store: Store, directory_node: AnyNode, name: bytes) -> AnyNode | None:
+def _children(store: Store, directory: Entry) -> list[Entry]:
+    """The entries of the directory entry ``directory``, in NAR order (read without protobuf from SQLite)."""
     from tvixd.castore.digest import B3Digest
     from tvixd.errors import NotFound
 
-    directory = store.directory.get(directory_node.digest)
-    if directory is None:
-        raise NotFound(f"directory {B3Digest(directory_node.digest)} is missing from the store")
-    for nodes in (directory.directories, directory.files, directory.symlinks):
-        for node in nodes:
-            if node.name == name:
-                return node
-    return None
+    entries = store.directory.get_entries(directory[2])
+    if entries is None:
+        raise NotFound(f"directory {B3Digest(directory[2])} is missing from the store")
+    return entries
 
 
-def resolve(store: Store, path: str, hops: int = 0) -> AnyNode | None:
-    """The node at ``path`` (``/nix/store/<hash>-<name>[/sub...]``), or ``None`` if nothing is there.
+def resolve(store: Store, path: str, hops: int = 0) -> Entry | None:
+    """The entry at ``path`` (``/nix/store/<hash>-<name>[/sub...]``), or ``None`` if nothing is there.
 
     Intermediate symlinks are followed as Nix's accessor does; the last component is not.
     """
     import os
 
-    from tvixd.castore.entries import entry_node
+    from tvixd.castore.entries import DIRECTORY, SYMLINK
     from tvixd.castore.storepath import STORE_DIR
     from tvixd.errors import InvalidRequest
-    from tvixd.proto.castore_pb2 import DirectoryNode, SymlinkNode
 
     path = _canon(path)
     parts, rest = lookup_path_info(store, path)
     assert parts.root is not None  # checked by lookup_path_info
-    root = entry_node(parts.root)
-    node: AnyNode = getattr(root, root.WhichOneof("node"))
-    store_root = f"{STORE_DIR}/{node.name.decode()}"
+    entry = parts.root
+    store_root = f"{STORE_DIR}/{entry[1].decode()}"
     components = [os.fsencode(c) for c in rest.split("/") if c]
     for i, name in enumerate(components):
-        if isinstance(node, SymlinkNode):
+        if entry[0] == SYMLINK:
             if hops >= MAX_SYMLINK_HOPS:
                 raise InvalidRequest(f"{path}: too many levels of symbolic links")
-            target = os.fsdecode(node.target)
+            target = os.fsdecode(entry[2])
             # The link sits at components[i - 1] (or is the store path itself, when i == 0).
             parent = "/".join([store_root, *(os.fsdecode(c) for c in components[: i - 1])]) if i else STORE_DIR
             remaining = "/".join(os.fsdecode(c) for c in components[i:])
             new = (target if target.startswith("/") else f"{parent}/{target}") + "/" + remaining
             return resolve(store, new, hops + 1)
-        if not isinstance(node, DirectoryNode):
+        if entry[0] != DIRECTORY:
             return None
-        child = _child(store, node, name)
+        child = next((e for e in _children(store, entry) if e[1] == name), None)
         if child is None:
             return None
-        node = child
-    return node
+        entry = child
+    return entry
 
 
-def _resolve_existing(store: Store, path: str) -> AnyNode:
+def _resolve_existing(store: Store, path: str) -> Entry:
     from tvixd.errors import NotFound
 
-    node = resolve(store, path)
-    if node is None:
+    entry = resolve(store, path)
+    if entry is None:
         raise NotFound(f"path '{path}' does not exist")
-    return node
+    return entry
 
 
 def _stdout() -> object:
@@ -209,14 +203,13 @@ def _broken_pipe() -> int:
 def _dump_root(store: Store, path: str) -> Entry:
     """The node ``dump-path`` writes: a whole store path's root read without protobuf
     (:meth:`PathInfoService.get_root_entry`), a path inside one resolved as ``ls`` does."""
-    from tvixd.castore.entries import node_entry
     from tvixd.castore.storepath import StorePath
     from tvixd.errors import NotFound
 
     path = _canon(path)
     store_path, rest = StorePath.from_absolute_path_full(path)
     if rest:
-        return node_entry(_resolve_existing(store, path))
+        return _resolve_existing(store, path)
     entry = store.path_info.get_root_entry(store_path.digest)
     if entry is None or entry[1] != str(store_path).encode():
         raise NotFound(f"path '{store_path.absolute()}' is not in the store")
@@ -297,67 +290,56 @@ def run_path_info(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _long_line(node: AnyNode, rel: bytes) -> bytes:
-    from tvixd.proto.castore_pb2 import DirectoryNode, FileNode
+def _long_line(entry: Entry, rel: bytes) -> bytes:
+    from tvixd.castore.entries import DIRECTORY, FILE
 
-    if isinstance(node, FileNode):
-        kind, size = (b"-r-xr-xr-x" if node.executable else b"-r--r--r--"), node.size
-    elif isinstance(node, DirectoryNode):
-        kind, size = b"dr-xr-xr-x", 0
+    kind, _, ref, size, executable = entry
+    if kind == FILE:
+        mode = b"-r-xr-xr-x" if executable else b"-r--r--r--"
     else:
-        kind, size = b"lrwxrwxrwx", 0
-    line = kind + b" " + str(size).rjust(20).encode() + b" " + rel
-    if not isinstance(node, (FileNode, DirectoryNode)):
-        line += b" -> " + node.target
+        mode, size = (b"dr-xr-xr-x" if kind == DIRECTORY else b"lrwxrwxrwx"), 0
+    line = mode + b" " + str(size).rjust(20).encode() + b" " + rel
+    if kind not in (FILE, DIRECTORY):
+        line += b" -> " + ref
     return line
 
 
-def _children(store: Store, node: AnyNode) -> list[AnyNode]:
-    from tvixd.castore.digest import B3Digest
-    from tvixd.castore.directory import directory_nodes
-    from tvixd.errors import NotFound
-
-    directory = store.directory.get(node.digest)
-    if directory is None:
-        raise NotFound(f"directory {B3Digest(node.digest)} is missing from the store")
-    return list(directory_nodes(directory))
-
-
-def _ls_lines(store: Store, node: AnyNode, rel: bytes, long: bool, recursive: bool, show_dir: bool) -> Iterator[bytes]:
+def _ls_lines(store: Store, entry: Entry, rel: bytes, long: bool, recursive: bool, show_dir: bool) -> Iterator[bytes]:
     """Lines of ``nix store ls`` (its doPath/showFile pair, transcribed)."""
-    from tvixd.proto.castore_pb2 import DirectoryNode
+    from tvixd.castore.entries import DIRECTORY
 
-    def show_file(n: AnyNode, r: bytes) -> Iterator[bytes]:
-        yield _long_line(n, r) if long else r
-        if recursive and isinstance(n, DirectoryNode):
-            yield from do_path(n, r, False)
+    def show_file(e: Entry, r: bytes) -> Iterator[bytes]:
+        yield _long_line(e, r) if long else r
+        if recursive and e[0] == DIRECTORY:
+            yield from do_path(e, r, False)
 
-    def do_path(n: AnyNode, r: bytes, show_directory: bool) -> Iterator[bytes]:
-        if isinstance(n, DirectoryNode) and not show_directory:
-            for child in _children(store, n):
-                yield from show_file(child, r + b"/" + child.name)
+    def do_path(e: Entry, r: bytes, show_directory: bool) -> Iterator[bytes]:
+        if e[0] == DIRECTORY and not show_directory:
+            for child in _children(store, e):
+                yield from show_file(child, r + b"/" + child[1])
         else:
-            yield from show_file(n, r)
+            yield from show_file(e, r)
 
-    yield from do_path(node, rel, show_dir)
+    yield from do_path(entry, rel, show_dir)
 
 
-def _ls_json(store: Store, node: AnyNode, recursive: bool) -> dict[str, object]:
+def _ls_json(store: Store, entry: Entry, recursive: bool) -> dict[str, object]:
     """The object of ``nix store ls --json`` (Nix's listNar)."""
-    from tvixd.proto.castore_pb2 import DirectoryNode, FileNode
+    from tvixd.castore.entries import DIRECTORY, FILE
 
-    if isinstance(node, FileNode):
-        obj: dict[str, object] = {"type": "regular", "size": node.size}
-        if node.executable:
+    kind, _, ref, size, executable = entry
+    if kind == FILE:
+        obj: dict[str, object] = {"type": "regular", "size": size}
+        if executable:
             obj["executable"] = True
         return obj
-    if isinstance(node, DirectoryNode):
+    if kind == DIRECTORY:
         entries = {
-            child.name.decode("utf-8", "surrogateescape"): (_ls_json(store, child, True) if recursive else {})
-            for child in _children(store, node)
+            child[1].decode("utf-8", "surrogateescape"): (_ls_json(store, child, True) if recursive else {})
+            for child in _children(store, entry)
         }
         return {"type": "directory", "entries": entries}
-    return {"type": "symlink", "target": node.target.decode("utf-8", "surrogateescape")}
+    return {"type": "symlink", "target": ref.decode("utf-8", "surrogateescape")}
 
 
 def run_ls(args: argparse.Namespace) -> int:
@@ -365,9 +347,9 @@ def run_ls(args: argparse.Namespace) -> int:
     import json
     import posixpath
 
+    from tvixd.castore.entries import DIRECTORY
     from tvixd.cli.common import open_store
     from tvixd.errors import InvalidRequest
-    from tvixd.proto.castore_pb2 import DirectoryNode
 
     if args.json and args.directory:
         raise InvalidRequest("'--directory' is useless with '--json'")
@@ -379,7 +361,7 @@ def run_ls(args: argparse.Namespace) -> int:
                 text = json.dumps(_ls_json(store, node, args.recursive), ensure_ascii=False, separators=(",", ":"))
                 out.write(text.encode("utf-8", "surrogateescape"))  # type: ignore[attr-defined]
             else:
-                rel = b"." if isinstance(node, DirectoryNode) else posixpath.basename(_canon(args.path)).encode()
+                rel = b"." if node[0] == DIRECTORY else posixpath.basename(_canon(args.path)).encode()
                 for line in _ls_lines(store, node, rel, args.long, args.recursive, args.directory):
                     out.write(line + b"\n")  # type: ignore[attr-defined]
             out.flush()  # type: ignore[attr-defined]
@@ -391,20 +373,20 @@ def run_ls(args: argparse.Namespace) -> int:
 def run_cat(args: argparse.Namespace) -> int:
     """Stream the contents of a regular file inside a store path to stdout."""
     from tvixd.castore.digest import B3Digest
+    from tvixd.castore.entries import FILE
     from tvixd.cli.common import open_store
     from tvixd.errors import InvalidRequest, NotFound
-    from tvixd.proto.castore_pb2 import FileNode
 
     with open_store(args) as store:
-        node = _resolve_existing(store, args.path)
-        if not isinstance(node, FileNode):
+        kind, _, digest, size, _ = _resolve_existing(store, args.path)
+        if kind != FILE:
             raise InvalidRequest(f"path '{args.path}' is not a regular file")
-        missing = f"blob {B3Digest(node.digest)} of '{args.path}' is missing from the store"
+        missing = f"blob {B3Digest(digest)} of '{args.path}' is missing from the store"
         try:
             # fs://: the whole blob is verified before its first byte is written, then written from its mappings.
-            blob = store.blob.open_verified(node.digest, node.size)
+            blob = store.blob.open_verified(digest, size)
         except NotImplementedError:  # a remote store: its reader verifies as it streams (the last chunk last)
-            reader = store.blob.open_read(node.digest)
+            reader = store.blob.open_read(digest)
             if reader is None:
                 raise NotFound(missing) from None
             chunks: Iterator[bytes | memoryview] = iter(lambda: reader.read(OUT_BUFFER), b"")

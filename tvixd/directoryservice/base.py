@@ -110,6 +110,17 @@ class DirectoryService(ABC):
         it from the iterator.
         """
 
+    def get_entries(self, digest: bytes) -> list[Entry] | None:
+        """:meth:`get` as the directory's entries in NAR order (``tvixd.castore.entries``), or ``None``.
+
+        What ``tvixd ls`` and ``cat`` walk. SQLite decodes its canonical row without protobuf;
+        this default converts the message.
+        """
+        from tvixd.castore.entries import directory_entries
+
+        directory = self.get(digest)
+        return None if directory is None else directory_entries(directory)
+
     def get_closure(self, digest: bytes) -> dict[B3Digest, Directory]:
         """The directory and all its descendants, by digest: for walking a whole tree (rendering a NAR).
 

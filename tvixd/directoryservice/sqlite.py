@@ -48,9 +48,18 @@ class SqliteDirectoryService(DirectoryService):
 
     def get(self, digest: bytes) -> Directory | None:
         digest = B3Digest(digest)
+        data = self._row(digest)
+        return None if data is None else self._decode(digest, data)
+
+    def get_entries(self, digest: bytes) -> list[Entry] | None:
+        digest = B3Digest(digest)
+        data = self._row(digest)
+        return None if data is None else self._decode_entries(digest, data)
+
+    def _row(self, digest: B3Digest) -> bytes | None:
         with self.db.errors(f"get directory {digest}"):
             row = self.db.conn().execute("SELECT data FROM directories WHERE digest = ?", (digest,)).fetchone()
-        return None if row is None else self._decode(digest, row[0])
+        return None if row is None else row[0]
 
     def _check(self, digest: bytes, data: bytes) -> None:
         """DataLoss unless the row ``data`` stored under ``digest`` still hashes to it (see the module docstring)."""
