@@ -4,6 +4,9 @@ Paths inside a store path are resolved like Nix's store accessor does: the whole
 path is canonicalised first (``.``, ``..``, repeated ``/``), symlinks in the middle
 of a path are followed (relative ones inside their directory, absolute ones into
 whatever store path they name), the last component is never followed.
+
+On a SQLite store none of these commands imports protobuf (~50 ms of start-up): path infos
+and directories are read as plain values and entry tuples (``tvixd.castore.entries``).
 """
 
 from __future__ import annotations

@@ -12,9 +12,10 @@ by something other than a putter, not corruption (and the NAR writer and
 ``traverse`` still refuse invalid names). Decoding plus validating plus
 re-encoding to hash cost ~3x a blake3 of the row (measured per directory of /usr/share/doc).
 
-The NAR renderer reads closures as entry tuples decoded from the rows without protobuf
-(:meth:`SqliteDirectoryService.get_closure_entries`), so protobuf, the putter and the
-traverser are imported where they are used, not with this module.
+The NAR renderer reads closures, and ``ls``/``cat`` single directories, as entry tuples decoded
+from the rows without protobuf (:meth:`SqliteDirectoryService.get_closure_entries`,
+:meth:`~SqliteDirectoryService.get_entries`), so protobuf, the putter and the traverser are
+imported where they are used, not with this module.
 """
 
 from __future__ import annotations
