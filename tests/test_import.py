@@ -291,3 +291,30 @@ def test_file_of_4_gib_is_refused(store, tmp_path):
 
 def test_ingest_error_is_invalid_request():
     assert issubclass(IngestError, InvalidRequest)
+
+
+@pytest.mark.parametrize("files", [3, 40])
+def test_writer_threads_start_after_the_first_files(tmp_path, monkeypatch, files):
+    """A directory's first POOL_AFTER_FILES files are stored from the walk thread and the writer threads take
+    the rest (a small tree starts none): the same store path, tree and blobs as with no writer threads."""
+    from tvixd import importer
+    from tvixd.castore.entries import directory_entries
+
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    for i in range(files):
+        (tree / ("sub" if i % 3 else ".") / f"f{i}").write_bytes(b"x" * i)
+    started = []
+    real_start = importer._Ingest._start_pool
+    monkeypatch.setattr(importer._Ingest, "_start_pool", lambda self: (started.append(self.files_done),
+                                                                        real_start(self)))  # fmt: skip
+    results = []
+    for workers in (importer.DEFAULT_WORKERS, 0):
+        with Store.open(store_addrs("embedded", tmp_path / f"store-{workers}")) as store:
+            result = import_path(store, tree, workers=workers)
+            root = store.directory.get(result.root[2])
+            blobs = sorted(e[2] for e in directory_entries(root) if e[0] == 1)
+            assert all(store.blob.has(b) for b in blobs)
+            results.append((result.store_path, result.root[2:], blobs))
+    assert results[0] == results[1]
+    assert started == ([importer.POOL_AFTER_FILES] if files > importer.POOL_AFTER_FILES else [])

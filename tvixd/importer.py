@@ -69,6 +69,13 @@ MAX_PENDING_DIRS = 512
 DEFAULT_WORKERS = 12
 """Blob writer threads; fsync-bound, so more than the CPU count pays (see module docstring)."""
 
+POOL_AFTER_FILES = 16
+"""A directory's first files are written in the walk thread; the writer threads start with the next one.
+
+Why: a small tree does not pay for the pool (importing concurrent.futures, with logging, ~10 ms of a
+two-file import; starting threads); a few files written in the walk thread cost ~0.1-2 ms each.
+"""
+
 COMMIT_EVERY = 8192
 """Files between intermediate commits of the blob batch (bounds temp files awaiting the final commit)."""
 
@@ -232,7 +239,7 @@ class _Ingest:
         self.progress = progress
         self.budget = _Budget(INFLIGHT_BYTES)
         self.workers = workers
-        self.pool: ThreadPoolExecutor | None = None  # made for a directory (run)
+        self.pool: ThreadPoolExecutor | None = None  # made for a directory's POOL_AFTER_FILES-th file
         self._ordered: ThreadPoolExecutor | None = None  # made for the first big file (ordered)
         self.sink = NarHashSink()
         self.nar = NarWriter(self.sink)
@@ -256,6 +263,11 @@ class _Ingest:
                 raise
         finally:
             self.budget.release(len(data))
+
+    def _start_pool(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="blob-writer")
 
     def ordered(self) -> ThreadPoolExecutor:
         """The one thread that writes big files' chunks to their blobs, in order."""
@@ -290,6 +302,8 @@ class _Ingest:
                 data = self._read_exact(fd, path, size)
                 nar.file_chunk(data)
                 self.budget.acquire(size)
+                if self.pool is None and self.files_done >= POOL_AFTER_FILES and self.workers and self.putter:
+                    self._start_pool()
                 if self.pool is None:
                     future: Future[B3Digest] | _Done = _Done(self._store_whole(data))
                 else:
@@ -439,10 +453,6 @@ class _Ingest:
             raise _os_error(path, e) from None
         try:
             if stat.S_ISDIR(st.st_mode):
-                if self.workers:
-                    from concurrent.futures import ThreadPoolExecutor
-
-                    self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="blob-writer")
                 with self.directory_service.put_multiple_start() as putter:
                     self.putter = putter
                     root = self._walk_directory(path)
