@@ -24,13 +24,13 @@ from tests.fixtures import (
 )
 from tvixd.castore.digest import B3Digest
 from tvixd.castore.directory import (
-    DirectoryValidationError,
     canonical_bytes,
     directory_digest,
     directory_nodes,
     directory_size,
     validate_directory,
 )
+from tvixd.castore.entries import DirectoryValidationError
 from tvixd.errors import InvalidRequest
 from tvixd.proto.castore_pb2 import Directory, DirectoryNode, FileNode, SymlinkNode
 

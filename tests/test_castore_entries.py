@@ -8,7 +8,7 @@ import random
 import pytest
 
 from tests.fixtures import DIRECTORY_B, DIRECTORY_C, DIRECTORY_COMPLICATED, DIRECTORY_WITH_KEEP
-from tvixd.castore.directory import canonical_bytes, directory_nodes
+from tvixd.castore.directory import canonical_bytes, directory_nodes, directory_size, validate_directory
 from tvixd.castore.entries import (
     DIRECTORY,
     FILE,
@@ -17,6 +17,8 @@ from tvixd.castore.entries import (
     decode_path_info,
     decode_root_node,
     directory_entries,
+    directory_entries_size,
+    encode_directory,
     encode_imported_path_info,
     entry_node,
     merge,
@@ -111,6 +113,55 @@ def test_root_node_of_a_path_info():
         info = PathInfo(node=node, references=[bytes(20)],
                         narinfo=NARInfo(nar_size=5, nar_sha256=bytes(32), reference_names=["a"]))  # fmt: skip
         assert decode_root_node(info.SerializeToString(deterministic=True)) == node_entry(getattr(node, kind))
+
+
+def _lists(directory: Directory) -> tuple[list, list, list]:
+    return (
+        [(DIRECTORY, n.name, n.digest, n.size, False) for n in directory.directories],
+        [(FILE, n.name, n.digest, n.size, n.executable) for n in directory.files],
+        [(SYMLINK, n.name, n.target, 0, False) for n in directory.symlinks],
+    )
+
+
+def test_directories_encode_size_and_validate_as_protobuf_does():
+    """encode_directory / directory_entries_size / validate_directory_entries of a directory's entry lists:
+    the canonical bytes, the size, and the same error (or none) as for the message; random directories,
+    valid ones and ones broken in each way the rules name."""
+    from tvixd.castore.entries import validate_directory_entries
+    from tvixd.errors import InvalidRequest
+
+    def outcome(check, *args):
+        try:
+            check(*args)
+        except InvalidRequest as e:
+            return f"{type(e).__name__}: {e}"
+        return None
+
+    rng = random.Random(17)
+    broken = 0
+    for i in range(400):
+        directory = random_directory(rng)
+        if i % 2 and (directory.directories or directory.files or directory.symlinks):
+            nodes = rng.choice([x for x in (directory.directories, directory.files, directory.symlinks) if x])
+            node = nodes[rng.randrange(len(nodes))]
+            damage = rng.randrange(4)
+            if damage == 0:
+                node.name = rng.choice([b"", b".", b"..", b"a/b", b"a\0b"])
+            elif damage == 1 and not hasattr(node, "target"):
+                node.digest = node.digest[:31]
+            elif damage == 2:
+                nodes.add().CopyFrom(nodes[0])  # a duplicate, out of order unless it is the only one
+            else:
+                node.name = b"\xff" * 300  # sorts last: out of order unless last
+        lists = _lists(directory)
+        assert encode_directory(*lists) == canonical_bytes(directory)
+        expected = outcome(validate_directory, directory)
+        broken += expected is not None
+        assert outcome(validate_directory_entries, *lists) == expected
+        if expected is None:  # sizes up to 2**32-1 per child: some sums overflow uint32, refused alike
+            size = outcome(directory_size, directory) or directory_size(directory)
+            assert (outcome(directory_entries_size, *lists) or directory_entries_size(*lists)) == size
+    assert 50 < broken < 200
 
 
 def test_imported_path_info_encodes_as_protobuf_does():

@@ -63,6 +63,37 @@ def test_get_entries_is_get_as_entries(directory_service):
     assert [e[1] for e in directory_service.get_entries(DIRECTORY_COMPLICATED_DIGEST)] == [b".keep", b"aa", b"keep"]
 
 
+def test_put_entries_is_put_of_the_message(directory_service):
+    """A putter's put_entries(dirs, files, links) == put(the Directory of those lists): same digests, same
+    stored directories, same refusals (a child not sent yet, a wrong child size, an invalid name)."""
+    from tvixd.castore.entries import DIRECTORY, FILE, SYMLINK
+
+    def lists(d: Directory) -> tuple[list, list, list]:
+        return ([(DIRECTORY, n.name, n.digest, n.size, False) for n in d.directories],
+                [(FILE, n.name, n.digest, n.size, n.executable) for n in d.files],
+                [(SYMLINK, n.name, n.target, 0, False) for n in d.symlinks])  # fmt: skip
+
+    with directory_service.put_multiple_start() as putter:
+        assert putter.put_entries(*lists(DIRECTORY_WITH_KEEP)) == DIRECTORY_WITH_KEEP_DIGEST
+        assert putter.put_entries(*lists(DIRECTORY_COMPLICATED)) == DIRECTORY_COMPLICATED_DIGEST
+        assert putter.close() == DIRECTORY_COMPLICATED_DIGEST
+    assert directory_service.get(DIRECTORY_COMPLICATED_DIGEST) == DIRECTORY_COMPLICATED
+    assert directory_service.get(DIRECTORY_WITH_KEEP_DIGEST) == DIRECTORY_WITH_KEEP
+    wrong_size = Directory(directories=[DirectoryNode(name=b"keep", digest=DIRECTORY_WITH_KEEP_DIGEST, size=7)])
+    invalid = Directory(symlinks=[SymlinkNode(name=b"a/b", target=b"x")])
+    for bad in (DIRECTORY_COMPLICATED, wrong_size, invalid):
+        errors = []
+        for send in ("message", "entries"):
+            putter = directory_service.put_multiple_start()
+            if bad is wrong_size:
+                putter.put(DIRECTORY_WITH_KEEP)
+            with pytest.raises(InvalidRequest) as e:
+                putter.put(bad) if send == "message" else putter.put_entries(*lists(bad))
+            putter.abort()
+            errors.append(str(e.value))
+        assert errors[0] == errors[1]
+
+
 def test_get_returns_a_copy(directory_service):
     put_all(directory_service, DIRECTORY_WITH_KEEP)
     got = directory_service.get(DIRECTORY_WITH_KEEP_DIGEST)

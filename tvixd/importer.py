@@ -20,7 +20,7 @@ the walk thread. Bytes in flight to the writer threads are bounded
 (``INFLIGHT_BYTES``), so memory stays flat however large the files are (a 1 GiB
 file imports in about 80 MiB RSS).
 
-Directories become Directory messages once the blob digests of their files are
+Directories become entry lists (``put_entries``) once the blob digests of their files are
 known; completed directories wait in a FIFO (post-order: leaves first, root last)
 and go to one putter as their files finish. At the end the blob batch is
 committed, then the putter is closed and its root digest checked, then the
@@ -41,17 +41,24 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from tvixd.blobservice.base import BlobService, BlobWriter
 from tvixd.castore.digest import B3Digest
-from tvixd.castore.entries import DIRECTORY, FILE, SYMLINK, Entry, entry_node
+from tvixd.castore.entries import (
+    DIRECTORY,
+    FILE,
+    SYMLINK,
+    Entry,
+    directory_entries_size,
+    encode_directory,
+    entry_node,
+)
 from tvixd.castore.nar import NarHashSink, NarWriter
 from tvixd.castore.storepath import StorePath, build_nar_based_store_path
 from tvixd.directoryservice.base import DirectoryPutter, DirectoryService
 from tvixd.errors import InvalidRequest, ResourceExhausted, StorageError, TvixError
 from tvixd.store import Store
 
-if TYPE_CHECKING:  # protobuf only for directories: a one-file import imports none (~40 ms of its start-up)
+if TYPE_CHECKING:  # no protobuf at run time on a SQLite store (~40 ms of an import's start-up)
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    from tvixd.proto.castore_pb2 import Directory
     from tvixd.proto.pathinfo_pb2 import Node, PathInfo
 
 FILE_SIZE_LIMIT = 2**32
@@ -208,17 +215,15 @@ class _PendingDir:
     def ready(self) -> bool:
         return all(f.done() for _, f, _, _ in self.files)
 
-    def build(self) -> Directory:
-        """The Directory message (children resolved already: post-order)."""
-        from tvixd.proto.castore_pb2 import Directory, DirectoryNode, FileNode, SymlinkNode
-
-        d = Directory(
-            directories=[DirectoryNode(name=n, digest=c.digest, size=c.size) for n, c in self.dirs],
-            files=[FileNode(name=n, digest=f.result(), size=s, executable=x) for n, f, s, x in self.files],
-            symlinks=[SymlinkNode(name=n, target=t) for n, t in self.symlinks],
+    def build(self) -> tuple[list[Entry], list[Entry], list[Entry]]:
+        """The directory's child lists as entries (children resolved already: post-order)."""
+        lists = (
+            [(DIRECTORY, n, c.digest, c.size, False) for n, c in self.dirs],
+            [(FILE, n, bytes(f.result()), s, x) for n, f, s, x in self.files],
+            [(SYMLINK, n, t, 0, False) for n, t in self.symlinks],
         )
         self.dirs = self.files = self.symlinks = []  # free the children
-        return d
+        return lists
 
 
 class _Ingest:
@@ -368,15 +373,14 @@ class _Ingest:
             self._send(queue.popleft())
 
     def _send(self, pending: _PendingDir) -> None:
-        from tvixd.castore.directory import directory_digest, directory_size
-
-        directory = pending.build()
-        digest = directory_digest(directory)
+        """Put one directory as entries (no protobuf message: a small tree imports no protobuf at all)."""
+        lists = pending.build()
+        digest = B3Digest.of(encode_directory(*lists))
         pending.digest = digest
-        pending.size = directory_size(directory)
+        pending.size = directory_entries_size(*lists)
         if digest not in self.sent:  # identical subtrees are sent once
             assert self.putter is not None
-            self.putter.put(directory)
+            self.putter.put_entries(*lists)
             self.sent.add(digest)
 
     # --- the walk ---------------------------------------------------------------------------------

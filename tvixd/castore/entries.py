@@ -23,9 +23,12 @@ encoder writes that same form (:func:`encode_imported_path_info`: what a one-fil
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from operator import itemgetter
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
+
+from tvixd.errors import InvalidRequest
 
 if TYPE_CHECKING:
 
@@ -154,6 +157,78 @@ def _encode_node(entry: Entry) -> bytes:
         if kind == FILE and executable:
             out += b"\x20\x01"
     return out
+
+
+class DirectoryValidationError(InvalidRequest):
+    """A directory breaks one of the rules of SPEC Part B §3.1."""
+
+
+UINT32_MAX = 2**32 - 1
+
+
+def show_name(name: bytes) -> str:
+    """A name for an error message: UTF-8 if it decodes, else base64 (as the reference does)."""
+    try:
+        return repr(name.decode())
+    except UnicodeDecodeError:
+        return "base64:" + base64.b64encode(name).decode()
+
+
+def validate_name(name: bytes) -> None:
+    """Reject names a directory entry can't have: empty, ``.``, ``..``, NUL or ``/`` inside."""
+    # "/" and NUL as ints: a bytes operand of ``in`` costs a formatted-and-dropped TypeError (~0.9 µs) first.
+    if not name or name in (b".", b"..") or 0 in name or 0x2F in name:
+        raise DirectoryValidationError(f"invalid name {show_name(name)}")
+
+
+def validate_lists(lists: Iterable[tuple[str, Iterable[tuple[bytes, bytes]]]]) -> None:
+    """Raise :class:`DirectoryValidationError` unless a directory's lists are valid (SPEC Part B §3.1).
+
+    ``lists``: ("directories" | "files" | "symlinks", its (name, digest or target) pairs). Rules,
+    checked list by list, entry by entry, first failure wins: a valid name; a 32-byte digest (not
+    for symlinks); names sorted bytewise within each list; no name twice across all lists. No
+    order is required *between* the lists; symlink targets are not checked.
+    """
+    seen: set[bytes] = set()
+    for kind, pairs in lists:
+        previous = b""
+        for name, ref in pairs:
+            validate_name(name)
+            if kind != "symlinks" and len(ref) != _DIGEST_LEN:
+                raise DirectoryValidationError(f"{kind} entry {show_name(name)}: invalid digest length {len(ref)}")
+            if name < previous:
+                raise DirectoryValidationError(f"{kind} entry {show_name(name)} is not sorted")
+            if name in seen:
+                raise DirectoryValidationError(f"{show_name(name)} is a duplicate name")
+            seen.add(name)
+            previous = name
+
+
+def validate_directory_entries(dirs: list[Entry], files: list[Entry], links: list[Entry]) -> None:
+    """``validate_directory`` of the directory with these child lists (each of one kind, in name order)."""
+    lists = (("directories", dirs), ("files", files), ("symlinks", links))
+    validate_lists((kind, [e[1:3] for e in entries]) for kind, entries in lists)
+
+
+def directory_entries_size(dirs: list[Entry], files: list[Entry], links: list[Entry]) -> int:
+    """``directory_size`` of these child lists: files + symlinks + Σ(1 + child.size) over child directories.
+
+    Raises ``InvalidRequest`` when the count does not fit the uint32 the wire uses.
+    """
+    size = len(files) + len(links) + sum(1 + e[3] for e in dirs)
+    if size > UINT32_MAX:
+        raise InvalidRequest(f"directory size {size} does not fit in uint32")
+    return size
+
+
+def encode_directory(dirs: list[Entry], files: list[Entry], links: list[Entry]) -> bytes:
+    """The canonical encoding of the Directory with these child lists, in their order: the bytes of
+    protobuf's deterministic serialisation of that message (its digest is blake3 of them)."""
+    return b"".join(
+        [_length_delimited(0x0A, _encode_node(e)) for e in dirs]
+        + [_length_delimited(0x12, _encode_node(e)) for e in files]
+        + [_length_delimited(0x1A, _encode_node(e)) for e in links]
+    )
 
 
 def encode_imported_path_info(root: Entry, nar_size: int, nar_sha256: bytes) -> bytes:

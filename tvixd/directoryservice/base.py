@@ -47,6 +47,22 @@ class DirectoryPutter(ABC):
     def put(self, directory: Directory) -> B3Digest:
         """Queue ``directory`` for the commit; return its digest."""
 
+    def put_entries(self, dirs: list[Entry], files: list[Entry], links: list[Entry]) -> B3Digest:
+        """:meth:`put` the Directory with these child lists (entries, see ``tvixd.castore.entries``).
+
+        Here the message is built and put; the memory and SQLite putters take the entries as
+        they are (the importer then builds no protobuf message).
+        """
+        from tvixd.proto.castore_pb2 import Directory, DirectoryNode, FileNode, SymlinkNode
+
+        return self.put(
+            Directory(
+                directories=[DirectoryNode(name=n, digest=d, size=s) for _, n, d, s, _ in dirs],
+                files=[FileNode(name=n, digest=d, size=s, executable=x) for _, n, d, s, x in files],
+                symlinks=[SymlinkNode(name=n, target=t) for _, n, t, _, _ in links],
+            )
+        )
+
     @abstractmethod
     def close(self, precommit: Precommit | None = None) -> B3Digest:
         """Commit everything atomically and return the root (last) digest. Idempotent.

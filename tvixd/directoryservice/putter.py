@@ -11,13 +11,16 @@ visible.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from tvixd.blobservice.base import Precommit, run_precommit
 from tvixd.castore.digest import B3Digest
-from tvixd.castore.directory import canonical_bytes, directory_size, validate_directory
+from tvixd.castore.entries import Entry, directory_entries_size, encode_directory, validate_directory_entries
 from tvixd.directoryservice.base import DirectoryPutter
 from tvixd.errors import AlreadyClosed, InvalidRequest, TvixError
-from tvixd.proto.castore_pb2 import Directory
+
+if TYPE_CHECKING:  # messages only where put() receives them: the importer's put_entries needs no protobuf
+    from tvixd.proto.castore_pb2 import Directory
 
 Commit = Callable[[dict[B3Digest, bytes]], None]
 """Store every (digest → canonical encoding) pair atomically; already-present digests are fine."""
@@ -36,38 +39,51 @@ class ValidatingPutter(DirectoryPutter):
         self._done = False
 
     def put(self, directory: Directory) -> B3Digest:
+        from tvixd.castore.directory import canonical_bytes
+
+        data = canonical_bytes(directory)  # unknown fields dropped; the entries of exactly these bytes
+        dirs = [(0, n.name, n.digest, n.size, False) for n in directory.directories]
+        files = [(1, n.name, n.digest, n.size, n.executable) for n in directory.files]
+        links = [(2, n.name, n.target, 0, False) for n in directory.symlinks]
+        return self._guarded(dirs, files, links, data)
+
+    def put_entries(self, dirs: list[Entry], files: list[Entry], links: list[Entry]) -> B3Digest:
+        return self._guarded(dirs, files, links, None)
+
+    def _guarded(self, dirs: list[Entry], files: list[Entry], links: list[Entry], data: bytes | None) -> B3Digest:
         if self._done:
             raise AlreadyClosed("directory putter already closed")
         if self._error is not None:
             raise self._error
         try:
-            return self._accept(directory)
+            return self._accept(dirs, files, links, data)
         except TvixError as e:
             self._error = e
             self._pending.clear()
             raise
 
-    def _accept(self, directory: Directory) -> B3Digest:
-        data = canonical_bytes(directory)
+    def _accept(self, dirs: list[Entry], files: list[Entry], links: list[Entry], data: bytes | None) -> B3Digest:
+        if data is None:
+            data = encode_directory(dirs, files, links)
         digest = B3Digest.of(data)
         try:
-            validate_directory(directory)
+            validate_directory_entries(dirs, files, links)
         except InvalidRequest as e:
             raise InvalidRequest(f"directory {digest} failed validation: {e}") from e
-        for child in directory.directories:
-            child_digest = B3Digest(child.digest)
+        for _, name, child, size, _ in dirs:
+            child_digest = B3Digest(child)
             expected = self._sizes.get(child_digest)
             if expected is None:
                 raise InvalidRequest(
-                    f"child directory {child.name!r} ({child_digest}) in directory {digest} not seen yet "
+                    f"child directory {name!r} ({child_digest}) in directory {digest} not seen yet "
                     "(children must be sent earlier in the same upload)"
                 )
-            if child.size != expected:
+            if size != expected:
                 raise InvalidRequest(
-                    f"child directory {child.name!r} ({child_digest}) in directory {digest} "
-                    f"referred with wrong size, expected {expected}, actual {child.size}"
+                    f"child directory {name!r} ({child_digest}) in directory {digest} "
+                    f"referred with wrong size, expected {expected}, actual {size}"
                 )
-        self._sizes[digest] = directory_size(directory)
+        self._sizes[digest] = directory_entries_size(dirs, files, links)
         self._pending[digest] = data
         self._last = digest
         return digest

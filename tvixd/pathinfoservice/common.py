@@ -53,7 +53,7 @@ def check_parts(parts: PathInfoParts, blob: BlobService, directory: DirectorySer
     assert parts.root is not None  # validated
     kind, _, digest = parts.root[:3]
     if kind == DIRECTORY:
-        if directory.get(digest) is None:
+        if directory.get_entries(digest) is None:  # (SQLite: read without protobuf)
             raise FailedPrecondition(
                 f"root directory {B3Digest(digest)} of {store_path} is not in the store (upload the directories first)"
             )
