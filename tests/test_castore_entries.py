@@ -164,6 +164,15 @@ def test_directories_encode_size_and_validate_as_protobuf_does():
     assert 50 < broken < 200
 
 
+def test_directory_entries_with_a_size_past_uint32_are_refused():
+    """A message cannot hold such a size; entries can, and are refused naming the entry."""
+    from tvixd.castore.entries import DirectoryValidationError, validate_directory_entries
+
+    for dirs, files in (([(DIRECTORY, b"d", bytes(32), 2**32, False)], []), ([], [(FILE, b"f", bytes(32), -1, False)])):
+        with pytest.raises(DirectoryValidationError, match="is not a uint32"):
+            validate_directory_entries(dirs, files, [])
+
+
 def test_imported_path_info_encodes_as_protobuf_does():
     """Every kind of root, names and targets across varint lengths, sizes 0 .. 2**32-1, NAR sizes past 2**32."""
     rng = random.Random(11)

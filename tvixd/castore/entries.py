@@ -205,9 +205,14 @@ def validate_lists(lists: Iterable[tuple[str, Iterable[tuple[bytes, bytes]]]]) -
 
 
 def validate_directory_entries(dirs: list[Entry], files: list[Entry], links: list[Entry]) -> None:
-    """``validate_directory`` of the directory with these child lists (each of one kind, in name order)."""
+    """``validate_directory`` of the directory with these child lists (each of one kind, in name order);
+    and each size fits the uint32 of the wire (a message's always does)."""
     lists = (("directories", dirs), ("files", files), ("symlinks", links))
     validate_lists((kind, [e[1:3] for e in entries]) for kind, entries in lists)
+    for kind, entries in lists[:2]:
+        for entry in entries:
+            if not 0 <= entry[3] <= UINT32_MAX:
+                raise DirectoryValidationError(f"{kind} entry {show_name(entry[1])}: size {entry[3]} is not a uint32")
 
 
 def directory_entries_size(dirs: list[Entry], files: list[Entry], links: list[Entry]) -> int:
