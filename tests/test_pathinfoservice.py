@@ -234,6 +234,14 @@ def test_put_imported_checks_as_put_does(path_info_service, root, nar_sha256, er
     assert list(path_info_service.list()) == []
 
 
+def test_put_imported_refuses_a_size_no_message_can_hold(path_info_service):
+    """A FileNode's size is a uint32: an entry past it is InvalidRequest on every backend; nothing stored."""
+    upload_helloworld(path_info_service)
+    with pytest.raises(InvalidRequest, match=r"node\.file\.size 4294967296 is not a uint32"):
+        path_info_service.put_imported((1, DUMMY_NAME, HELLOWORLD_DIGEST, 2**32, False), 1, bytes(32))
+    assert list(path_info_service.list()) == []
+
+
 def test_list(path_info_service):
     names = [f"{c * 32}-name{i}".encode() for i, c in enumerate("0123456789abcdfg")]
     for name in names:

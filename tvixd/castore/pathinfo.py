@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 from tvixd.castore.digest import DIGEST_LEN
+from tvixd.castore.entries import UINT32_MAX
 from tvixd.castore.storepath import DIGEST_SIZE, StorePath, StorePathError
 from tvixd.errors import InvalidRequest
 
@@ -35,6 +36,7 @@ ErrorKind = Literal[
     "InvalidReferenceName",
     "ReferenceMismatch",
     "InvalidNarSha256Len",
+    "InvalidNodeSize",
 ]
 
 
@@ -94,6 +96,8 @@ def validate_parts(parts: PathInfoParts) -> StorePath:
         raise PathInfoValidationError(
             "InvalidDigestLen", f"node.{kind}.digest is {len(root[2])} bytes, expected {DIGEST_LEN}"
         )
+    if kind != "symlink" and not 0 <= root[3] <= UINT32_MAX:  # only entries can: a message's size is a uint32
+        raise PathInfoValidationError("InvalidNodeSize", f"node.{kind}.size {root[3]} is not a uint32")
     try:
         store_path = StorePath.from_basename(root[1])
     except StorePathError as exc:
