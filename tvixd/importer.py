@@ -49,6 +49,7 @@ from tvixd.castore.entries import (
     directory_entries_size,
     encode_directory,
     entry_node,
+    imported_path_info,
 )
 from tvixd.castore.nar import NarHashSink, NarWriter
 from tvixd.castore.storepath import StorePath, build_nar_based_store_path
@@ -109,10 +110,7 @@ class ImportResult(
     @property
     def path_info(self) -> PathInfo:
         """The PathInfo that was put (built on demand: it imports protobuf)."""
-        from tvixd.proto.pathinfo_pb2 import NARInfo, PathInfo
-
-        narinfo = NARInfo(nar_size=self.nar_size, nar_sha256=self.nar_sha256)
-        return PathInfo(node=entry_node(self.root), narinfo=narinfo)
+        return imported_path_info(self.root, self.nar_size, self.nar_sha256)
 
 
 def show_path(path: bytes | str) -> str:

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from tvixd.blobservice.base import BlobService, BlobWriter
 from tvixd.castore import nixbase32
 from tvixd.castore.digest import B3Digest
-from tvixd.castore.directory import UINT32_MAX, directory_size
+from tvixd.castore.directory import directory_size
+from tvixd.castore.entries import UINT32_MAX
 from tvixd.castore.nar_reader import (
     DEFAULT_CHUNK_SIZE,
     DirectoryEnd,

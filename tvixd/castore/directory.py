@@ -8,8 +8,7 @@ from operator import attrgetter
 import blake3
 
 from tvixd.castore.digest import B3Digest
-from tvixd.castore.entries import UINT32_MAX, merged, validate_lists
-from tvixd.errors import InvalidRequest
+from tvixd.castore.entries import merged, recursive_size, validate_lists
 from tvixd.proto.castore_pb2 import Directory, DirectoryNode, FileNode, SymlinkNode
 
 AnyNode = DirectoryNode | FileNode | SymlinkNode
@@ -43,17 +42,8 @@ def directory_digest(directory: Directory) -> B3Digest:
 
 
 def directory_size(directory: Directory) -> int:
-    """Recursive element count: files + symlinks + Σ(1 + child.size) over child directories.
-
-    Raises ``InvalidRequest`` when the count does not fit the uint32 the wire uses
-    (the reference would wrap or panic).
-    """
-    size = len(directory.files) + len(directory.symlinks)
-    for child in directory.directories:
-        size += 1 + child.size
-    if size > UINT32_MAX:
-        raise InvalidRequest(f"directory size {size} does not fit in uint32")
-    return size
+    """Recursive element count of the message (see ``tvixd.castore.entries.recursive_size``)."""
+    return recursive_size(len(directory.files) + len(directory.symlinks), (c.size for c in directory.directories))
 
 
 def directory_nodes(directory: Directory) -> Iterator[AnyNode]:

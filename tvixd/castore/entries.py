@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from tvixd.castore.directory import AnyNode
     from tvixd.proto.castore_pb2 import Directory
-    from tvixd.proto.pathinfo_pb2 import Node
+    from tvixd.proto.pathinfo_pb2 import Node, PathInfo
 
 DIRECTORY, FILE, SYMLINK = 0, 1, 2
 
@@ -216,11 +216,15 @@ def validate_directory_entries(dirs: list[Entry], files: list[Entry], links: lis
 
 
 def directory_entries_size(dirs: list[Entry], files: list[Entry], links: list[Entry]) -> int:
-    """``directory_size`` of these child lists: files + symlinks + Σ(1 + child.size) over child directories.
+    """``directory_size`` of these child lists (see :func:`recursive_size`)."""
+    return recursive_size(len(files) + len(links), (e[3] for e in dirs))
 
-    Raises ``InvalidRequest`` when the count does not fit the uint32 the wire uses.
-    """
-    size = len(files) + len(links) + sum(1 + e[3] for e in dirs)
+
+def recursive_size(leaves: int, child_sizes: Iterable[int]) -> int:
+    """A directory's recursive element count: its files and symlinks (``leaves``) + Σ(1 + child size) over
+    its child directories. Raises ``InvalidRequest`` when it does not fit the uint32 the wire uses (the
+    reference would wrap or panic)."""
+    size = leaves + sum(1 + s for s in child_sizes)
     if size > UINT32_MAX:
         raise InvalidRequest(f"directory size {size} does not fit in uint32")
     return size
@@ -234,6 +238,18 @@ def encode_directory(dirs: list[Entry], files: list[Entry], links: list[Entry]) 
         + [_length_delimited(0x12, _encode_node(e)) for e in files]
         + [_length_delimited(0x1A, _encode_node(e)) for e in links]
     )
+
+
+def imported_parts(root: Entry, nar_size: int, nar_sha256: bytes) -> PathInfoParts:
+    """The parts of an import's PathInfo: root ``root``, no references, a narinfo of the NAR only."""
+    return PathInfoParts(root, [], (nar_size, nar_sha256, []))
+
+
+def imported_path_info(root: Entry, nar_size: int, nar_sha256: bytes) -> PathInfo:
+    """The message of :func:`imported_parts` (imports protobuf)."""
+    from tvixd.proto.pathinfo_pb2 import NARInfo, PathInfo
+
+    return PathInfo(node=entry_node(root), narinfo=NARInfo(nar_size=nar_size, nar_sha256=nar_sha256))
 
 
 def encode_imported_path_info(root: Entry, nar_size: int, nar_sha256: bytes) -> bytes:
@@ -299,14 +315,19 @@ def decode_root_node(path_info: bytes) -> Entry | None:
                 continue
             if root is not None:
                 raise _NotCanonical  # a repeated message field merges: leave that to protobuf
-            ((kind_tag, node_start, node_stop),) = _fields(path_info[start:stop])
-            kind = _TAG_KIND.get(kind_tag)
-            if kind is None:
-                raise _NotCanonical
-            root = _node(path_info, start + node_start, start + node_stop, kind)
+            root = _root(path_info, start, stop)
     except (_NotCanonical, IndexError, ValueError):
         return None
     return root
+
+
+def _root(data: bytes, start: int, stop: int) -> Entry:
+    """The Node message ``data[start:stop]`` (a PathInfo's field 1): its one set member as an entry."""
+    ((kind_tag, node_start, node_stop),) = _fields(data[start:stop])
+    kind = _TAG_KIND.get(kind_tag)
+    if kind is None:
+        raise _NotCanonical
+    return _node(data, start + node_start, start + node_stop, kind)
 
 
 def decode_path_info(data: bytes) -> PathInfoParts | None:
@@ -324,11 +345,7 @@ def decode_path_info(data: bytes) -> PathInfoParts | None:
                 raise _NotCanonical
             last = tag
             if tag == 0x0A:
-                ((kind_tag, node_start, node_stop),) = _fields(data[start:stop])
-                kind = _TAG_KIND.get(kind_tag)
-                if kind is None:
-                    raise _NotCanonical
-                root = _node(data, start + node_start, start + node_stop, kind)
+                root = _root(data, start, stop)
             elif tag == 0x12:
                 references.append(data[start:stop])
             else:
@@ -428,10 +445,15 @@ def entry_node(entry: Entry) -> Node:
     return Node(directory=DirectoryNode(name=name, digest=ref, size=size))
 
 
-def directory_entries(directory: Directory) -> list[Entry]:
-    """The entries of a protobuf Directory, in NAR order (for backends that hand out messages)."""
-    return merge(
+def directory_lists(directory: Directory) -> tuple[list[Entry], list[Entry], list[Entry]]:
+    """The three child lists of a protobuf Directory as entries, each in the message's order."""
+    return (
         [(DIRECTORY, d.name, d.digest, d.size, False) for d in directory.directories],
         [(FILE, f.name, f.digest, f.size, f.executable) for f in directory.files],
         [(SYMLINK, s.name, s.target, 0, False) for s in directory.symlinks],
     )
+
+
+def directory_entries(directory: Directory) -> list[Entry]:
+    """The entries of a protobuf Directory, in NAR order (for backends that hand out messages)."""
+    return merge(*directory_lists(directory))

@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING
 
 from tvixd.blobservice.base import Precommit, run_precommit
 from tvixd.castore.digest import B3Digest
-from tvixd.castore.entries import Entry, directory_entries_size, encode_directory, validate_directory_entries
+from tvixd.castore.entries import (
+    Entry,
+    directory_entries_size,
+    directory_lists,
+    encode_directory,
+    validate_directory_entries,
+)
 from tvixd.directoryservice.base import DirectoryPutter
 from tvixd.errors import AlreadyClosed, InvalidRequest, TvixError
 
@@ -42,10 +48,7 @@ class ValidatingPutter(DirectoryPutter):
         from tvixd.castore.directory import canonical_bytes
 
         data = canonical_bytes(directory)  # unknown fields dropped; the entries of exactly these bytes
-        dirs = [(0, n.name, n.digest, n.size, False) for n in directory.directories]
-        files = [(1, n.name, n.digest, n.size, n.executable) for n in directory.files]
-        links = [(2, n.name, n.target, 0, False) for n in directory.symlinks]
-        return self._guarded(dirs, files, links, data)
+        return self._guarded(*directory_lists(directory), data)
 
     def put_entries(self, dirs: list[Entry], files: list[Entry], links: list[Entry]) -> B3Digest:
         return self._guarded(dirs, files, links, None)

@@ -81,12 +81,11 @@ class PathInfoService(ABC):
         Here the message is built and put; a backend may store it without building it
         (SQLite: a one-file ``tvixd import`` then never imports protobuf, ~40 ms of start-up).
         """
-        from tvixd.castore.entries import PathInfoParts, entry_node
+        from tvixd.castore.entries import imported_parts, imported_path_info
         from tvixd.castore.pathinfo import validate_parts
-        from tvixd.proto.pathinfo_pb2 import NARInfo, PathInfo
 
-        validate_parts(PathInfoParts(root, [], (nar_size, nar_sha256, [])))  # what a message can't carry, too
-        self.put(PathInfo(node=entry_node(root), narinfo=NARInfo(nar_size=nar_size, nar_sha256=nar_sha256)))
+        validate_parts(imported_parts(root, nar_size, nar_sha256))  # what a message can't carry, too
+        self.put(imported_path_info(root, nar_size, nar_sha256))
 
     @abstractmethod
     def list(self) -> Iterator[PathInfo]:

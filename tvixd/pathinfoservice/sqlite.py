@@ -120,10 +120,9 @@ class SqlitePathInfoService(PathInfoService):
 
     def put_imported(self, root: Entry, nar_size: int, nar_sha256: bytes) -> None:
         """:meth:`put` of an import's PathInfo, encoded here (``encode_imported_path_info``): no protobuf."""
-        from tvixd.castore.entries import PathInfoParts, encode_imported_path_info
+        from tvixd.castore.entries import encode_imported_path_info, imported_parts
 
-        parts = PathInfoParts(root, [], (nar_size, nar_sha256, []))
-        key = check_parts(parts, self.blob_service, self.directory_service)
+        key = check_parts(imported_parts(root, nar_size, nar_sha256), self.blob_service, self.directory_service)
         self._store(key, encode_imported_path_info(root, nar_size, nar_sha256))
 
     def _store(self, key: bytes, data: bytes) -> None:
