@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from tvixd.blobservice.base import BlobReader, VerifiedBlob
     from tvixd.castore.entries import Entry, PathInfoParts
+    from tvixd.castore.storepath import StorePath
     from tvixd.store import Store
 
 MAX_SYMLINK_HOPS = 40
@@ -89,13 +90,22 @@ def lookup_path_info(store: Store, path: str) -> tuple[PathInfoParts, str]:
     under the digest but for a different name: that is a different store path).
     """
     from tvixd.castore.storepath import StorePath
-    from tvixd.errors import NotFound
 
     store_path, rest = StorePath.from_absolute_path_full(path)
     parts = store.path_info.get_parts(store_path.digest)
-    if parts is None or parts.root is None or parts.root[1] != str(store_path).encode():
-        raise NotFound(f"path '{store_path.absolute()}' is not in the store")
+    _stored_root(store_path, None if parts is None else parts.root)
+    assert parts is not None
     return parts, rest
+
+
+def _stored_root(store_path: StorePath, root: Entry | None) -> Entry:
+    """``root`` if it is the root of ``store_path`` (a path info stored under the digest for another name
+    is another store path), else ``NotFound``."""
+    from tvixd.errors import NotFound
+
+    if root is None or root[1] != str(store_path).encode():
+        raise NotFound(f"path '{store_path.absolute()}' is not in the store")
+    return root
 
 
 def _canon(path: str) -> str:
@@ -207,16 +217,12 @@ def _dump_root(store: Store, path: str) -> Entry:
     """The node ``dump-path`` writes: a whole store path's root read without protobuf
     (:meth:`PathInfoService.get_root_entry`), a path inside one resolved as ``ls`` does."""
     from tvixd.castore.storepath import StorePath
-    from tvixd.errors import NotFound
 
     path = _canon(path)
     store_path, rest = StorePath.from_absolute_path_full(path)
     if rest:
         return _resolve_existing(store, path)
-    entry = store.path_info.get_root_entry(store_path.digest)
-    if entry is None or entry[1] != str(store_path).encode():
-        raise NotFound(f"path '{store_path.absolute()}' is not in the store")
-    return entry
+    return _stored_root(store_path, store.path_info.get_root_entry(store_path.digest))
 
 
 def run_dump_path(args: argparse.Namespace) -> int:
