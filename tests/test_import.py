@@ -309,7 +309,7 @@ def test_writer_threads_start_after_the_first_files(tmp_path, monkeypatch, files
     monkeypatch.setattr(importer._Ingest, "_start_pool", lambda self: (started.append(self.files_done),
                                                                         real_start(self)))  # fmt: skip
     results = []
-    for workers in (importer.DEFAULT_WORKERS, 0):
+    for workers in (4, 0):
         with Store.open(store_addrs("embedded", tmp_path / f"store-{workers}")) as store:
             result = import_path(store, tree, workers=workers)
             root = store.directory.get(result.root[2])
@@ -318,3 +318,53 @@ def test_writer_threads_start_after_the_first_files(tmp_path, monkeypatch, files
             results.append((result.store_path, result.root[2:], blobs))
     assert results[0] == results[1]
     assert started == ([importer.POOL_AFTER_FILES] if files > importer.POOL_AFTER_FILES else [])
+
+
+@pytest.mark.parametrize("by", ["files", "bytes"])
+def test_import_commits_blobs_behind_the_walk(tmp_path, monkeypatch, by):
+    """Every COMMIT_BEHIND_FILES files (or COMMIT_BEHIND_BYTES bytes) the importer asks the blob batch to
+    commit behind it; the result equals an import that commits only at the end, and no temp file is left."""
+    from tvixd import importer
+    from tvixd.blobservice.fs import FsBlobBatch
+    from tvixd.castore.entries import directory_entries
+
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    for i in range(23):
+        (tree / ("sub" if i % 2 else ".") / f"f{i}").write_bytes(b"%d" % i * 1000)
+    calls: list[int] = []
+    real = FsBlobBatch.commit_behind
+
+    def counted(self) -> None:
+        calls.append(1)
+        real(self)
+
+    monkeypatch.setattr(FsBlobBatch, "commit_behind", counted)
+    results = []
+    for behind in (True, False):
+        calls.clear()
+        if behind and by == "files":
+            monkeypatch.setattr(importer, "COMMIT_BEHIND_FILES", 5)
+        elif behind:
+            monkeypatch.setattr(importer, "COMMIT_BEHIND_BYTES", 9000)  # files of 1,000-5,000 bytes
+        else:
+            monkeypatch.setattr(importer, "COMMIT_BEHIND_FILES", 10**9)
+            monkeypatch.setattr(importer, "COMMIT_BEHIND_BYTES", 10**12)
+        state = tmp_path / f"store-{behind}"
+        with Store.open(store_addrs("embedded", state)) as store:
+            result = import_path(store, tree)
+            blobs = []
+            for entry in directory_entries(store.directory.get(result.root[2])):
+                if entry[0] == 1:
+                    blobs.append(entry[2])
+                else:
+                    sub = store.directory.get(entry[2])
+                    blobs += [e[2] for e in directory_entries(sub) if e[0] == 1]
+            assert len(blobs) == 23 and all(store.blob.has(b) for b in blobs)
+            results.append((result.store_path, result.root, sorted(blobs)))
+        assert os.listdir(state / "state" / "blobs" / "tmp") == []  # store_addrs puts the store in state/
+        if behind:
+            assert len(calls) == 4 if by == "files" else len(calls) >= 3
+        else:
+            assert calls == []
+    assert results[0] == results[1]

@@ -171,6 +171,147 @@ def test_fs_batch_writers_from_many_threads(tmp_path):
     assert os.listdir(tmp_path / "blobs" / "tmp") == []
 
 
+def _write(batch, data: bytes) -> bytes:
+    w = batch.open_write()
+    w.write(data)
+    return w.close()
+
+
+def test_commit_behind_then_commit_makes_blobs_visible(blob_service):
+    """commit_behind() is a hint every backend takes: writing goes on, and commit() makes everything visible."""
+    batch = blob_service.batch()
+    first = [os.urandom(n) for n in (0, 10, 5000, 70_000)] * 3  # more than SMALL_BATCH, duplicates too
+    digests = [_write(batch, data) for data in first]
+    batch.commit_behind()
+    batch.commit_behind()  # again, maybe while the first runs
+    later = [os.urandom(3000) for _ in range(12)]
+    digests += [_write(batch, data) for data in later]
+    batch.commit()
+    for data, digest in zip(first + later, digests, strict=True):
+        assert digest == _digest(data)
+        with blob_service.open_read(digest) as reader:
+            assert reader.read() == data
+
+
+def _failing_writeback_wait(monkeypatch) -> list[int]:
+    """Make fs://'s per-file writeback check answer EIO (a disk error the shared syncfs did not report)."""
+    import ctypes
+    import errno
+
+    from tvixd.blobservice import fs
+
+    real = fs._load_sync_file_range()
+    if real is None or fs._load_syncfs() is None:
+        pytest.skip("no syncfs / sync_file_range here")
+    checked: list[int] = []
+
+    def failing_wait(fd: int, offset: int, nbytes: int, flags: int) -> int:
+        if flags == fs.SYNC_FILE_RANGE_WAIT_AFTER:
+            checked.append(fd)
+            ctypes.set_errno(errno.EIO)
+            return -1
+        return real(fd, offset, nbytes, flags)
+
+    monkeypatch.setattr(fs, "_load_sync_file_range", lambda: failing_wait)
+    return checked
+
+
+def test_fs_commit_behind_makes_blobs_visible_on_its_own(tmp_path):
+    """Without a further call the blobs closed before commit_behind() become visible (once durable)."""
+    service = from_addr(f"fs://{tmp_path / 'blobs'}")
+    batch = service.batch()
+    digests = [_write(batch, os.urandom(2000)) for _ in range(20)]
+    assert not any(service.has(d) for d in digests)
+    batch.commit_behind()
+    batch._behind.join()  # the commit's thread
+    assert all(service.has(d) for d in digests)
+    assert os.listdir(tmp_path / "blobs" / "tmp") == []
+    assert batch._fds == 0
+    batch.commit()
+    service.close()
+
+
+def test_fs_commit_behind_runs_one_at_a_time(tmp_path, monkeypatch):
+    """A call while a commit runs behind starts nothing; the blobs closed meanwhile wait for the next commit."""
+    from tvixd.blobservice import fs
+
+    service = from_addr(f"fs://{tmp_path / 'blobs'}")
+    release = threading.Event()
+    real_wait = fs._GroupSync.wait
+    started: list[int] = []
+
+    def slow_wait(self) -> None:
+        started.append(1)
+        assert release.wait(30)
+        real_wait(self)
+
+    monkeypatch.setattr(fs._GroupSync, "wait", slow_wait)
+    batch = service.batch()
+    first = [_write(batch, os.urandom(2000)) for _ in range(fs.SMALL_BATCH + 1)]
+    batch.commit_behind()
+    thread = batch._behind
+    second = [_write(batch, os.urandom(2000)) for _ in range(fs.SMALL_BATCH + 1)]
+    batch.commit_behind()
+    assert batch._behind is thread  # still the first one
+    assert not any(service.has(d) for d in first + second)
+    release.set()
+    thread.join()
+    assert all(service.has(d) for d in first) and not any(service.has(d) for d in second)
+    batch.commit()
+    assert all(service.has(d) for d in second)
+    assert os.listdir(tmp_path / "blobs" / "tmp") == []
+    service.close()
+
+
+@pytest.mark.parametrize("then", ["commit", "commit_behind"])
+def test_fs_commit_behind_error_surfaces_at_the_next_call(tmp_path, monkeypatch, then):
+    """A commit behind that fails discards its blobs (nothing visible, no temp file) and the next commit or
+    commit_behind raises its error; the batch still commits what is written afterwards."""
+    from tvixd.blobservice import fs
+
+    service = from_addr(f"fs://{tmp_path / 'blobs'}")
+    checked = _failing_writeback_wait(monkeypatch)
+    batch = service.batch()
+    lost = [_write(batch, os.urandom(100_000)) for _ in range(fs.SMALL_BATCH + 1)]
+    batch.commit_behind()
+    batch._behind.join()
+    assert checked
+    monkeypatch.undo()  # the disk is fine again
+    with pytest.raises(errors.StorageError, match="Input/output error"):
+        getattr(batch, then)()
+    assert not any(service.has(d) for d in lost)
+    assert os.listdir(tmp_path / "blobs" / "tmp") == []
+    assert batch._fds == 0
+    kept = _write(batch, b"after the error")
+    batch.commit()
+    assert service.has(kept)
+    service.close()
+
+
+def test_fs_abort_waits_for_the_commit_behind(tmp_path, monkeypatch):
+    """abort() lets a running commit behind finish (its blobs are durable and stay) and discards the rest;
+    an error of that commit is dropped, not raised from abort."""
+    from tvixd.blobservice import fs
+
+    service = from_addr(f"fs://{tmp_path / 'blobs'}")
+    batch = service.batch()
+    committed = [_write(batch, os.urandom(2000)) for _ in range(fs.SMALL_BATCH + 1)]
+    batch.commit_behind()
+    discarded = [_write(batch, os.urandom(2000)) for _ in range(3)]
+    batch.abort()
+    assert batch._behind is None
+    assert all(service.has(d) for d in committed)
+    assert not any(service.has(d) for d in discarded)
+    _failing_writeback_wait(monkeypatch)
+    lost = [_write(batch, os.urandom(2000)) for _ in range(fs.SMALL_BATCH + 1)]
+    batch.commit_behind()
+    batch.abort()  # the failed commit's error is not raised here
+    assert not any(service.has(d) for d in lost)
+    assert os.listdir(tmp_path / "blobs" / "tmp") == []
+    assert batch._fds == 0
+    service.close()
+
+
 PUT = "/tvix.store.v1.BlobService/Put"
 PUT_BLOBS = "/tvixd.v1.BlobBatchService/PutBlobs"
 

@@ -151,6 +151,18 @@ class BlobBatch:
         if precommit is not None:
             precommit()
 
+    def commit_behind(self) -> None:
+        """Start making the blobs closed so far durable and visible, without waiting for it.
+
+        A hint from a bulk writer that goes on writing meanwhile (the importer, every
+        few hundred files), so a backend can overlap its syncs with the writes instead
+        of paying them all at the final :meth:`commit`. Each blob stays invisible until
+        it is durable, as with ``commit``; the next ``commit()`` (or ``abort()``) waits
+        for the work started here first and raises its error, if it failed (its blobs
+        are then discarded). Called by the batch's owner, like ``commit``. This default
+        does nothing: the final ``commit`` does it all.
+        """
+
     def abort(self) -> None:
         """Discard blobs not committed yet."""
 

@@ -20,7 +20,8 @@ the service is opened. Until the name exists nothing is visible.
 Durability: a single write (a daemon Put) fsyncs its file and its fan-out
 directory. :class:`FsBlobBatch` (the embedded import) makes a whole batch durable
 with one ``syncfs`` for the bytes and one for the names, shared with batches
-committing at the same time (:class:`_GroupSync`). Single writes do not use
+committing at the same time (:class:`_GroupSync`); the importer has it commit
+behind its walk (``commit_behind``), so those syncs overlap the reading. Single writes do not use
 ``syncfs``: it also flushes unrelated dirty data on the same filesystem, so a Put
 would wait for whatever else the machine is writing (a download, a build), and
 measured it gained no wall time for concurrent Puts: ext4 already merges
@@ -665,6 +666,8 @@ class FsBlobBatch(BlobBatch):
         self._pending: list[tuple[str | int, str]] = []  # (temp file path or anonymous fd, final path)
         self._fds = 0  # anonymous temp files held open until commit
         self._existing: set[str] = set()  # fan-out directories of blobs found stored (see _found)
+        self._behind: threading.Thread | None = None  # the commit started by commit_behind, if any
+        self._behind_error: BaseException | None = None  # what it raised
 
     def open_write(self) -> BlobWriter:
         return _FsBlobWriter(self._fs, batch=self)
@@ -690,7 +693,45 @@ class FsBlobBatch(BlobBatch):
         with self._lock:
             self._existing.add(os.path.dirname(final))
 
+    def commit_behind(self) -> None:
+        """Commit the blobs closed so far on a thread of its own while the owner writes on.
+
+        Why: the ``syncfs`` then waits for the disk while the importer reads and hashes
+        the next files, and the names are given meanwhile, instead of all of it at the
+        final commit (/usr/share/doc, 4,190 files: the final commit took 0.65-0.74 s of
+        a 1.6-2.0 s import; committing behind every 256 files, the import took 1.2 s).
+        At most one runs at a time: a call while one runs does nothing (the next call,
+        or ``commit``, takes the blobs closed meanwhile). Its error is raised by the next
+        ``commit_behind`` or ``commit``; ``abort`` waits for it and drops the error.
+        """
+        if self._behind is not None:
+            if self._behind.is_alive():
+                return
+            self._join_behind()  # raises what it raised
+        thread = threading.Thread(target=self._run_behind, name="blob-commit", daemon=True)
+        self._behind = thread
+        thread.start()
+
+    def _run_behind(self) -> None:
+        try:
+            self._commit(None)
+        except BaseException as e:  # its blobs were discarded; the owner learns at its next call
+            self._behind_error = e
+
+    def _join_behind(self) -> None:
+        """Wait for the commit started behind, if any; raise its error."""
+        behind, self._behind = self._behind, None
+        if behind is not None:
+            behind.join()
+            error, self._behind_error = self._behind_error, None
+            if error is not None:
+                raise error
+
     def commit(self, precommit: Precommit | None = None) -> None:
+        self._join_behind()
+        self._commit(precommit)
+
+    def _commit(self, precommit: Precommit | None) -> None:
         with self._lock:
             pending, self._pending = self._pending, []
             existing, self._existing = self._existing, set()
@@ -739,6 +780,10 @@ class FsBlobBatch(BlobBatch):
             raise
 
     def abort(self) -> None:
+        try:
+            self._join_behind()
+        except BaseException:
+            pass  # its blobs are discarded already; the caller is failing for a reason of its own
         with self._lock:
             pending, self._pending = self._pending, []
         self._discard(pending)

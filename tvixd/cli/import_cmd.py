@@ -32,8 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="blob writer threads (default 12; 0 writes blobs in the walking thread). Uploads to a daemon "
-        "(grpc+ addresses) are pipelined from the walking thread instead",
+        help="blob writer threads (default 0: the walking thread writes each blob; threads pay only where "
+        "creating a file blocks for long). Uploads to a daemon (grpc+ addresses) are pipelined from the "
+        "walking thread instead",
     )
     add_store_args(p, StoreAddrs.daemon())
     p.set_defaults(func=run)
