@@ -521,8 +521,8 @@ def import_bench(tree: Path, runs: int) -> list[list[object]]:
     deleting thousands of files right before a run makes every file the run creates cost more
     on an ext4 without a journal (the inode allocator skips recently deleted inodes one by one).
     """
-    from bench.common import Measurement, run_once
-    from bench.import_bench import _rmtree, nix_add, nix_env, store_flags
+    from bench.common import Measurement, remove_and_settle, run_once
+    from bench.import_bench import nix_add, nix_env, store_flags
 
     work = Path(tempfile.mkdtemp(prefix="tvixd-bench-import-"))
     nix, embedded, via = Measurement(), Measurement(), Measurement()
@@ -546,7 +546,7 @@ def import_bench(tree: Path, runs: int) -> list[list[object]]:
     finally:
         for daemon in daemons:
             daemon.close()
-        _rmtree(work)
+        remove_and_settle(work)  # the next area creates files again
     return [
         [f"import {tree} through the daemon", f"{via.median_s:.2f} s",
          f"nix-store --add-fixed {nix.median_s:.2f} s", fmt_ratio(via.median_s, nix.median_s), "within 3x"],

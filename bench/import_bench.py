@@ -4,6 +4,9 @@ Usage: python bench/import_bench.py [--tree /usr/share/doc] [--runs 5] [--big-mi
 
 - import: `tvixd import TREE` into a fresh embedded store (fs:// blobs + sqlite://) per run
   versus `nix-store --add-fixed --recursive sha256 TREE` into a fresh `--store DIR` per run;
+  every run gets a new directory and none is deleted until all runs are done (on an ext4
+  without a journal, files created right after many were deleted cost several times more:
+  see ``bench.common.RECENTLY_DELETED_SECONDS``);
 - re-import: the same into the store that already has everything (blobs deduplicated);
 - dump: `tvixd dump-path STORE_PATH` versus `nix-store --dump TREE`, both to /dev/null;
 - big: one file of --big-mib MiB imported by both, to show peak RSS stays flat.
@@ -16,11 +19,12 @@ the "import" section of BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -30,19 +34,12 @@ from bench.common import (
     fmt_ratio,
     machine_info,
     markdown_table,
+    remove_tree,
     run_once,
     tvixd_cmd,
     tvixd_env,
     update_section,
 )
-
-
-def _rmtree(path: Path) -> None:
-    """Remove a tree, including nix's read-only store paths."""
-    if not path.exists():
-        return
-    subprocess.run(["chmod", "-R", "u+w", str(path)], check=False)
-    shutil.rmtree(path)
 
 
 def nix_env(home: Path) -> dict[str, str]:
@@ -75,44 +72,69 @@ def nix_add(store: Path, path: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def interleaved(cases: dict[str, tuple[list[str], dict[str, str]]], runs: int, before_each=None) -> dict:
+Command = list[str] | Callable[[], list[str]]
+"""A command, or a function giving the command of the next run (e.g. with a fresh store directory)."""
+
+
+def interleaved(cases: dict[str, tuple[Command, dict[str, str]]], runs: int) -> dict:
     """Run each case once per round, alternating, so load changes hit every case alike."""
     results = {name: Measurement() for name in cases}
     for _ in range(runs):
         for name, (cmd, env) in cases.items():
-            if before_each is not None:
-                before_each()
-            os.sync()  # the clean-up's writeback must not bleed into the timed run
-            results[name].samples.append(run_once(cmd, env=env))
+            os.sync()  # the previous run's writeback must not bleed into this one
+            results[name].samples.append(run_once(cmd() if callable(cmd) else cmd, env=env))
     return results
 
 
+class FreshDirs:
+    """A new directory name under ``root`` per call, nothing deleted until the caller is done.
+
+    Why: deleting the previous run's store right before a run makes the run's file creation pay for
+    the recently deleted inodes (see ``bench.common.RECENTLY_DELETED_SECONDS``).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._count = itertools.count()
+
+    def __call__(self, kind: str) -> Path:
+        return self.root / f"{kind}-{next(self._count)}"
+
+
 def compare(work: Path, tree: Path, runs: int, env_nix: dict[str, str]) -> list[tuple[str, object, object]]:
-    """Import and dump of ``tree``: (label, tvixd Measurement, nix Measurement)."""
+    """Import and dump of ``tree``: (label, tvixd Measurement, nix Measurement).
+
+    Every import goes into a store directory of its own under ``work``, and nothing is deleted
+    here: the caller removes ``work`` when done (``remove_and_settle``), see ``FreshDirs``.
+    """
     env = tvixd_env()
-    state, nix_store = work / "state", work / "nixstore"
+    fresh = FreshDirs(work)
 
-    def fresh() -> None:
-        _rmtree(state)
-        _rmtree(nix_store)
+    def ours() -> list[str]:
+        return [*tvixd_cmd(), "import", *store_flags(fresh("tvixd")), str(tree)]
 
+    def nix() -> list[str]:
+        return nix_add(fresh("nix"), tree)
+
+    def nix_sync() -> list[str]:
+        # nix does not fsync what it adds; "nix+sync" is what the same durability as ours costs it.
+        return ["sh", "-c", '"$@" && sync', "sh", *nix()]
+
+    run_once(ours(), env=env)  # warm-up (page cache, .pyc)
+    run_once(nix(), env=env_nix)
+    imp = interleaved({"ours": (ours, env), "nix": (nix, env_nix), "nix+sync": (nix_sync, env_nix)}, runs)
+    # One more import stays in use for re-import and dump (and the caller's NAR calculation).
+    state = work / "state"
     ours_cmd = [*tvixd_cmd(), "import", *store_flags(state), str(tree)]
-    fresh()
-    run_once(ours_cmd, env=env)  # warm-up (page cache, .pyc)
-    run_once(nix_add(nix_store, tree), env=env_nix)
-    # nix does not fsync what it adds; "nix+sync" is what the same durability as ours costs it.
-    nix_sync = ["sh", "-c", '"$@" && sync', "sh", *nix_add(nix_store, tree)]
-    imp = interleaved(
-        {"ours": (ours_cmd, env), "nix": (nix_add(nix_store, tree), env_nix), "nix+sync": (nix_sync, env_nix)},
-        runs,
-        fresh,
-    )
-    # Leave one import in place for re-import and dump.
-    fresh()
     out = subprocess.run(ours_cmd, env=env, capture_output=True, check=True).stdout.decode().strip()
     dump_cmd = [*tvixd_cmd(), "dump-path", *store_flags(state), out]
     reimp = interleaved({"ours": (ours_cmd, env)}, runs)
-    dump = interleaved({"ours": (dump_cmd, env), "nix": (["nix-store", "--dump", str(tree)], env_nix)}, runs)
+    nix_dump = ["nix-store", "--dump", str(tree)]
+    # Warm-up of both: the store's blobs were last read a while ago, and this VM pages out what was not
+    # touched for about a minute (DAMON), while the re-imports just read the tree nix dumps.
+    run_once(dump_cmd, env=env)
+    run_once(nix_dump, env=env_nix)
+    dump = interleaved({"ours": (dump_cmd, env), "nix": (nix_dump, env_nix)}, runs)
     return [
         ("import (fresh store)", imp["ours"], imp["nix"]),
         ("import vs nix + `sync` (equal durability)", imp["ours"], imp["nix+sync"]),
@@ -152,19 +174,13 @@ def main() -> None:
             with open(big, "wb") as f:
                 for i in range(args.big_mib):
                     f.write(i.to_bytes(8, "little") + block[8:])
-            _rmtree(work / "state")
-            _rmtree(work / "nixstore")
             runs = max(1, min(args.runs, 3))
-
-            def fresh() -> None:
-                _rmtree(work / "state")
-                _rmtree(work / "nixstore")
-
-            big_cases = {
-                "ours": ([*tvixd_cmd(), "import", *store_flags(work / "state"), str(big)], tvixd_env()),
-                "nix": (nix_add(work / "nixstore", big), env_nix),
+            fresh = FreshDirs(work / "big")
+            big_cases: dict[str, tuple[Command, dict[str, str]]] = {
+                "ours": (lambda: [*tvixd_cmd(), "import", *store_flags(fresh("tvixd")), str(big)], tvixd_env()),
+                "nix": (lambda: nix_add(fresh("nix"), big), env_nix),
             }
-            got = interleaved(big_cases, runs, fresh)
+            got = interleaved(big_cases, runs)
             ours, ref = got["ours"], got["nix"]
             rows.append(
                 [f"import one {args.big_mib} MiB file", f"{ours.median_s:.2f} s", f"{ref.median_s:.2f} s",
@@ -173,7 +189,7 @@ def main() -> None:
             )  # fmt: skip
             print(rows[-1], flush=True)
     finally:
-        _rmtree(work)
+        remove_tree(work)
 
     info = machine_info()
     table = markdown_table(["case", "tvixd", "nix", "ratio", "CPU tvixd / nix", "tvixd peak RSS", "nix peak RSS"], rows)

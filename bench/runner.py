@@ -199,8 +199,8 @@ def tree_stats(tree: Path) -> str:
 
 def area_startup(cfg: Config) -> tuple[list[Row], str]:
     """`tvixd --help` and a one-file import against `python -c pass` (the interpreter's own start-up)."""
-    from bench.common import Measurement, measure
-    from bench.import_bench import _rmtree, interleaved, nix_add, nix_env, store_flags
+    from bench.common import Measurement, measure, remove_tree
+    from bench.import_bench import interleaved, nix_add, nix_env, store_flags
 
     env = tvixd_env()
     runs = cfg.runs * 3  # cheap: more samples for a steadier median
@@ -232,17 +232,16 @@ def area_startup(cfg: Config) -> tuple[list[Row], str]:
         ours.samples.append(run_once([*tvixd_cmd(), "import", *store_flags(state), str(src)], env=env))
         if has_nix:
             nix.samples.append(run_once(nix_add(nix_store, src), env=env_nix))
-    fresh = cfg.work / "one-file-fresh"
-    ours_fresh = measure(lambda i: [*tvixd_cmd(), "import", *store_flags(fresh), str(seed)], runs, env=env,
-                         before_each=lambda i: _rmtree(fresh))  # fmt: skip
+    fresh = cfg.work / "one-file-fresh"  # a new store per run, all deleted afterwards (bench.import_bench.FreshDirs)
+    ours_fresh = measure(lambda i: [*tvixd_cmd(), "import", *store_flags(fresh / str(i)), str(seed)], runs, env=env)
     path_info_cmd = [*tvixd_cmd(), "path-info", *store_flags(state), seed_path]
     path_info = measure(lambda i: path_info_cmd, runs, env=env)
     heavy_path_info = heavy_imports(path_info_cmd[1:], HEAVY_FOR_PATH_INFO, env)
-    _rmtree(fresh)
     heavy_import = sorted({
         *heavy_imports(["-m", "tvixd", "import", *store_flags(state), str(one_file(runs))], HEAVY_FOR_IMPORT, env),
-        *heavy_imports(["-m", "tvixd", "import", *store_flags(fresh), str(seed)], HEAVY_FOR_IMPORT, env),
+        *heavy_imports(["-m", "tvixd", "import", *store_flags(fresh / "heavy"), str(seed)], HEAVY_FOR_IMPORT, env),
     })  # fmt: skip
+    remove_tree(fresh)
     rows = [
         ratio_row("`tvixd --help`", got["help"], got["py"], ref_label="`python -c pass` "),
         Row("heavy modules imported by `tvixd --help`", ", ".join(heavy_help) or "none", "-", None,
@@ -267,11 +266,11 @@ def area_startup(cfg: Config) -> tuple[list[Row], str]:
 
 def _import_case(cfg: Config, label: str, tree: Path, runs: int, env_nix: dict[str, str]) -> list[Row]:
     """import / re-import / dump-path (bench/import_bench.py compare) and NAR calculation of one tree."""
-    from bench.import_bench import _rmtree, compare, interleaved, store_flags
+    from bench.common import remove_tree
+    from bench.import_bench import compare, interleaved, store_flags
 
-    work = cfg.work / "import"
-    _rmtree(work)
-    work.mkdir()
+    work = cfg.work / "import" / str(len(list(cfg.work.glob("import/*"))))  # kept until the area ends
+    work.mkdir(parents=True)
     rows = []
     for what, ours, ref in compare(work, tree, runs, env_nix):
         lower = what.lower()
@@ -290,7 +289,7 @@ def _import_case(cfg: Config, label: str, tree: Path, runs: int, env_nix: dict[s
     try:
         first = subprocess.run(calc, env=env, capture_output=True, text=True, check=True).stdout.split()
     except subprocess.CalledProcessError:
-        _rmtree(state)
+        remove_tree(state)
         run_once([*tvixd_cmd(), "import", *store_flags(state), str(tree)], env=env)
         first = subprocess.run(calc, env=env, capture_output=True, text=True, check=True).stdout.split()
     nix_hash = ["nix-hash", "--type", "sha256", str(tree)]
@@ -300,13 +299,13 @@ def _import_case(cfg: Config, label: str, tree: Path, runs: int, env_nix: dict[s
     got = interleaved({"ours": (calc, env), "nix": (nix_hash, env_nix)}, runs)
     rows.append(ratio_row(f"{label}: NAR calculation (tvixd.nar.calculate_nar)", got["ours"], got["nix"],
                           "<= 2.0x nix (as dump-path)", 2.0, "`nix-hash --type sha256` "))  # fmt: skip
-    _rmtree(work)
     return rows
 
 
 def area_import(cfg: Config) -> tuple[list[Row], str]:
     """Embedded import, dump-path and NAR calculation against Nix, tree by tree."""
-    from bench.import_bench import _rmtree, nix_env
+    from bench.common import remove_and_settle
+    from bench.import_bench import nix_env
 
     env_nix = nix_env(cfg.work / "nixhome")
     rows: list[Row] = []
@@ -319,15 +318,16 @@ def area_import(cfg: Config) -> tuple[list[Row], str]:
     make_small_tree(small, cfg.small_files)
     described.append(f"generated `{cfg.small_files}` small files ({tree_stats(small)})")
     rows += _import_case(cfg, f"{cfg.small_files} small files", small, cfg.heavy_runs, env_nix)
-    _rmtree(small)
     big_dir = cfg.work / "big"
     big_dir.mkdir()
     make_big_file(big_dir / "big.bin", cfg.big_mib)
     rows += _import_case(cfg, f"one {cfg.big_mib} MiB file", big_dir / "big.bin", cfg.heavy_runs, env_nix)
-    _rmtree(big_dir)
+    remove_and_settle(small, big_dir, cfg.work / "import")  # the next area creates files again
     notes = (
         "Trees: " + "; ".join(described) + ". Embedded store (fs:// blobs + sqlite://), fresh per import run; "
-        f"nix into a fresh throw-away `--store` per run. Median of {cfg.runs} runs ({cfg.heavy_runs} for the "
+        "nix into a fresh throw-away `--store` per run; nothing is deleted until the area's last run (files "
+        "created right after many were deleted cost several times more on this VM's journal-less ext4: "
+        "`bench.common.RECENTLY_DELETED_SECONDS`). Median of {cfg.runs} runs ({cfg.heavy_runs} for the "
         "small-file tree and the big file) after one untimed warm-up, tvixd and nix interleaved, `sync` before "
         "each run (bench/import_bench.py `compare`). NAR calculation: a process that renders the NAR of the "
         "imported path from the store and hashes it, checked equal to `nix-hash`'s result."
