@@ -130,8 +130,8 @@ def compare(work: Path, tree: Path, runs: int, env_nix: dict[str, str]) -> list[
     dump_cmd = [*tvixd_cmd(), "dump-path", *store_flags(state), out]
     reimp = interleaved({"ours": (ours_cmd, env)}, runs)
     nix_dump = ["nix-store", "--dump", str(tree)]
-    # Warm-up of both: the store's blobs were last read a while ago, and this VM pages out what was not
-    # touched for about a minute (DAMON), while the re-imports just read the tree nix dumps.
+    # One untimed run of each first, as for the imports: the re-imports just read the tree nix dumps,
+    # while nothing has read the store's blobs since they were written.
     run_once(dump_cmd, env=env)
     run_once(nix_dump, env=env_nix)
     dump = interleaved({"ours": (dump_cmd, env), "nix": (nix_dump, env_nix)}, runs)
