@@ -34,7 +34,7 @@ def random_directory(rng: random.Random) -> Directory:
                     for _ in range(rng.randrange(0, 12))} - {b".", b".."})  # fmt: skip
     d = Directory()
     for name in names:
-        kind, size = rng.randrange(3), rng.choice([0, 1, 127, 128, 300, 2**32 - 1])
+        kind, size = rng.randrange(3), rng.choice([0, 1, 127, 128, 300, 16383, 16384, 2**32 - 1])
         if kind == 0:
             d.directories.add(name=name, digest=rng.randbytes(32), size=size)
         elif kind == 1:
