@@ -15,8 +15,12 @@ Blobs go through one :class:`tvixd.blobservice.base.BlobBatch`: for fs:// their
 fsyncs and renames are paid per batch commit (one ``syncfs``), instead of two
 fsyncs per blob (measured on /usr/share/doc: 7.5-9 s of fsyncs alone, versus about
 1 s for the whole batch), and the batch commits behind the walk on a thread of its
-own (``COMMIT_BEHIND_FILES``), so the disk works while the walk reads on. The NAR
-sha256 is inherently sequential, so it stays in the walk thread. Bytes in flight to the writer threads are bounded
+own (``COMMIT_BEHIND_FILES``), so the disk works while the walk reads on. A tree
+is imported through the service's ``bulk_batch``: fs:// then stores the small
+blobs in a helper process on the other core (:mod:`tvixd.blobservice.fs_helper`;
+/usr/share/doc 1.29 -> 1.06 s median, /usr/lib/python3 0.81 -> 0.69 s, 50,000
+small files 7.1-9.3 -> 5.6-7.0 s). The NAR sha256 is inherently sequential, so it
+stays in the walk thread. Bytes in flight to the writer threads are bounded
 (``INFLIGHT_BYTES``), so memory stays flat however large the files are (a 1 GiB
 file imports in about 80 MiB RSS).
 
@@ -476,6 +480,7 @@ class _Ingest:
             raise _os_error(path, e) from None
         try:
             if stat.S_ISDIR(st.st_mode):
+                self.batch = self.blob.bulk_batch()  # fs://: small blobs stored by a helper process
                 with self.directory_service.put_multiple_start() as putter:
                     self.putter = putter
                     root = self._walk_directory(path)

@@ -256,5 +256,12 @@ class BlobService(ABC):
         """A :class:`BlobBatch` for many writes committed together (the default commits each on close)."""
         return BlobBatch(self)
 
+    def bulk_batch(self) -> BlobBatch:
+        """A :meth:`batch` for one long bulk write (importing a tree): a backend may spend a helper process on it.
+
+        The same contract as :meth:`batch`; this default is :meth:`batch`.
+        """
+        return self.batch()
+
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release resources (connections, channels). The service is unusable afterwards."""

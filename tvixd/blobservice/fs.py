@@ -1086,3 +1086,9 @@ class FsBlobService(BlobService):
 
     def batch(self) -> BlobBatch:
         return FsBlobBatch(self)
+
+    def bulk_batch(self) -> BlobBatch:
+        """Small blobs stored by a helper process on the other core (:mod:`tvixd.blobservice.fs_helper`)."""
+        from tvixd.blobservice.fs_helper import HelperBlobBatch
+
+        return HelperBlobBatch(self)

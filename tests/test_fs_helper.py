@@ -1,0 +1,192 @@
+"""fs://'s bulk batch: an import's small blobs stored by a helper process (tvixd.blobservice.fs_helper).
+
+Real helper subprocesses on real blob directories: what becomes visible when, what an abort, a
+helper's refusal or a dead helper leaves, and that no helper outlives its batch or a killed import.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import blake3
+import pytest
+
+from tests.conftest import run_tvixd, tvixd_env
+from tests.nix import store_args
+from tests.test_blobservice import temp_files
+from tvixd import errors
+from tvixd.blobservice import fs_helper
+from tvixd.blobservice.from_addr import from_addr
+from tvixd.blobservice.fs import SMALL_BLOB, FsBlobService
+
+
+@pytest.fixture
+def service(tmp_path):
+    service = from_addr(f"fs://{tmp_path / 'blobs'}")
+    yield service
+    service.close()
+
+
+def _write(batch, data: bytes) -> bytes:
+    w = batch.open_write()
+    w.write(data)
+    return w.close()
+
+
+def _helpers(root) -> list[int]:
+    """Pids of helper processes serving the blob directory ``root``."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"tvixd.blobservice.fs_helper" in argv and os.fsencode(str(root)) in argv:
+            pids.append(int(pid))
+    return pids
+
+
+def _running(root, timeout: float = 20.0) -> bool:
+    """Whether a helper for ``root`` shows up (right after the fork its command line is still the parent's)."""
+    deadline = time.monotonic() + timeout
+    while not _helpers(root):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _gone(root, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while _helpers(root):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_bulk_batch_stores_small_blobs_through_a_helper(service, tmp_path):
+    """Past HELPER_AFTER small blobs a helper takes them; big ones stay local; nothing is visible before
+    commit (without commit_behind), everything after; the helper exits with the commit."""
+    batch = service.bulk_batch()
+    assert isinstance(batch, fs_helper.HelperBlobBatch)
+    blobs = [os.urandom(i % 5000) for i in range(fs_helper.HELPER_AFTER + 150)]
+    blobs += [os.urandom(SMALL_BLOB + 1), os.urandom(3 * SMALL_BLOB), blobs[-1], b""]  # big ones, a duplicate
+    digests = [_write(batch, data) for data in blobs]
+    assert digests == [blake3.blake3(data).digest() for data in blobs]
+    assert batch._proc is not None and _running(tmp_path / "blobs")
+    assert not any(service.has(d) for d in digests[1:])  # (the first: b"" may equal the last)
+    batch.commit()
+    for data, digest in zip(blobs, digests, strict=True):
+        with service.open_read(digest) as reader:
+            assert reader.read() == data
+    assert batch._proc is None and _gone(tmp_path / "blobs")
+    assert temp_files(tmp_path / "blobs" / "tmp") == []
+    # The batch can be used again: a new helper for the next small blobs.
+    more = [_write(batch, os.urandom(100)) for _ in range(fs_helper.HELPER_AFTER + 10)]
+    batch.commit()
+    assert all(service.has(d) for d in more)
+
+
+def test_bulk_batch_commit_behind_reaches_the_helper(service, tmp_path):
+    batch = service.bulk_batch()
+    digests = [_write(batch, os.urandom(2000)) for _ in range(fs_helper.HELPER_AFTER + 40)]
+    batch.commit_behind()
+    deadline = time.monotonic() + 20
+    while not all(service.has(d) for d in digests):  # the helper's and the local commit, each on its own
+        assert time.monotonic() < deadline, "commit_behind made nothing visible"
+        time.sleep(0.02)
+    batch.commit()
+    assert _gone(tmp_path / "blobs")
+
+
+def test_bulk_batch_abort_leaves_nothing(service, tmp_path):
+    batch = service.bulk_batch()
+    digests = [_write(batch, os.urandom(3000)) for _ in range(fs_helper.HELPER_AFTER + 50)]
+    assert _running(tmp_path / "blobs")
+    batch.abort()
+    assert _gone(tmp_path / "blobs")
+    assert not any(service.has(d) for d in digests)
+    assert temp_files(tmp_path / "blobs" / "tmp") == []
+
+
+def test_bulk_batch_helper_refusal_fails_the_commit(service, tmp_path):
+    """A blob the helper finds hashing to another digest fails the commit with its message; nothing of
+    that commit is visible (the local blobs neither), no helper is left."""
+    batch = service.bulk_batch()
+    digests = [_write(batch, os.urandom(1000)) for _ in range(fs_helper.HELPER_AFTER + 5)]
+    assert batch._take(bytes(32), b"not the bytes of an all-zero digest")
+    with pytest.raises(errors.StorageError, match="hashes to"):
+        batch.commit()
+    assert not any(service.has(d) for d in digests)
+    assert _gone(tmp_path / "blobs")
+    assert temp_files(tmp_path / "blobs" / "tmp") == []
+
+
+def test_bulk_batch_dead_helper_fails_the_commit(service, tmp_path):
+    batch = service.bulk_batch()
+    digests = [_write(batch, os.urandom(1000)) for _ in range(fs_helper.HELPER_AFTER + 5)]
+    batch._proc.kill()
+    batch._proc.wait()
+    with pytest.raises(errors.StorageError, match="helper"):
+        for _ in range(2000):  # until a send or the commit notices
+            _write(batch, os.urandom(1000))
+        batch.commit()
+    batch.abort()
+    assert not any(service.has(d) for d in digests)
+
+
+def test_serve_protocol_in_process(tmp_path):
+    """The helper's loop itself: blobs, a commit answered "ok", a refused blob answered with its error,
+    and end of input discarding what was not committed."""
+    good = os.urandom(500)
+    record = b"B" + blake3.blake3(good).digest() + len(good).to_bytes(4, "little") + good
+    bad = b"B" + bytes(32) + (3).to_bytes(4, "little") + b"abc"
+    lost = os.urandom(100)
+    tail = b"B" + blake3.blake3(lost).digest() + len(lost).to_bytes(4, "little") + lost
+    out = io.BytesIO()
+    root = str(tmp_path / "blobs")
+    assert fs_helper.serve(root, io.BytesIO(record + b"D" + bad + b"D" + tail), out) == 0
+    lines = out.getvalue().decode().splitlines()
+    assert lines[0] == "ok" and lines[1].startswith("error blob sent as ") and len(lines) == 2
+    service = FsBlobService(root)
+    assert service.has(blake3.blake3(good).digest())
+    assert not service.has(blake3.blake3(lost).digest())
+    assert temp_files(tmp_path / "blobs" / "tmp") == []
+    service.close()
+
+
+def test_killed_import_leaves_no_helper_and_nothing_uncommitted(tmp_path):
+    """SIGKILL of an import whose helper is running: the helper sees its input end, discards what was
+    not committed and exits; no directory or path info is visible."""
+    tree = tmp_path / "tree"
+    (tree / "a").mkdir(parents=True)
+    for i in range(fs_helper.HELPER_AFTER + 100):
+        (tree / "a" / f"f{i:04d}").write_bytes(os.urandom(200) + b"%d" % i)
+    with open(tree / "z-big", "wb") as f:
+        f.truncate(512 << 20)  # sparse; walked last: the kill comes while it streams
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tvixd", "import", *store_args(tmp_path), str(tree)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=tvixd_env(),
+    )
+    blobs = tmp_path / "state" / "blobs"
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and not (_helpers(blobs) and temp_files(blobs / "tmp", proc.pid)):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert proc.poll() is None, "the import finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert _gone(blobs)
+    assert [n for n in os.listdir(blobs / "tmp")] == []
+    listing = run_tvixd("path-info", "--all", "--json", *store_args(tmp_path))
+    assert listing.returncode == 0 and json.loads(listing.stdout) == []

@@ -1,0 +1,273 @@
+"""An import's small blobs written into an fs:// blob directory by a helper process (:class:`HelperBlobBatch`).
+
+Why: storing a small file is mostly syscalls (an existence check, creating an
+anonymous temp file, writing, fchmod, later a link), each with its round trip
+through the GIL, and threads in one process only take turns at it (writer
+threads made imports slower, see ``tvixd.importer.DEFAULT_WORKERS``). A second
+process runs them on the other core while the importer walks on. The importer
+hashes each blob anyway (its digest goes into the directory), hands the bytes
+over a pipe, and the helper stores them through an ordinary
+:class:`~tvixd.blobservice.fs.FsBlobBatch`, hashing them again: what it names a
+blob is what it verified.
+
+Records on the helper's stdin (binary):
+
+- ``B`` + digest (32 bytes) + size (4 bytes, little-endian) + the bytes: a blob;
+- ``C``: commit behind (``FsBlobBatch.commit_behind``), no answer;
+- ``D``: commit; the helper answers one line on stdout, ``ok`` or ``error MESSAGE``
+  (the blobs of a failed commit are discarded); the importer then ends its input;
+- end of input without ``D``: abort, nothing uncommitted becomes visible (an
+  importer killed at any moment leaves only what commits behind made durable).
+
+Run as ``python -m tvixd.blobservice.fs_helper BLOB_DIR``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import blake3
+
+from tvixd.blobservice.base import BlobBatch, BlobWriter, Precommit
+from tvixd.blobservice.fs import SMALL_BLOB, FsBlobBatch, FsBlobService
+from tvixd.castore.digest import B3Digest
+from tvixd.errors import AlreadyClosed, DataLoss, StorageError, TvixError
+
+HELPER_AFTER = 64
+"""Small blobs written in-process before the helper is started: a small tree does not pay for starting it."""
+
+SEND_BYTES = 256 << 10
+"""Records are sent to the helper in writes of about this size (one pipe write per many small blobs)."""
+
+PIPE_BYTES = 1 << 20
+"""The pipe to the helper holds this much (Linux ``F_SETPIPE_SZ``; 1 MiB is the default maximum)."""
+
+
+class HelperBlobBatch(BlobBatch):
+    """A bulk batch (``FsBlobService.bulk_batch``): small blobs go to a helper process, others are written here.
+
+    Blobs bigger than ``SMALL_BLOB`` (and the first ``HELPER_AFTER`` small ones) go
+    through this process's own :class:`FsBlobBatch`. ``commit`` commits both: the
+    helper's first, then the local one. ``commit(precommit)`` runs ``precommit``
+    before either starts (its check then happens earlier than the contract's "after
+    durable", never later than visibility); an exception from it discards everything.
+    """
+
+    closes_wait = False  # a small blob's close() only hashes and queues it: no writer threads needed
+
+    def __init__(self, service: FsBlobService) -> None:
+        super().__init__(service)
+        self._fs = service
+        self._local = FsBlobBatch(service)
+        self._lock = threading.Lock()  # writers may close from several threads
+        self._small = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._out = bytearray()  # records not yet sent
+
+    def open_write(self) -> BlobWriter:
+        return _HelperWriter(self)
+
+    def _take(self, digest: bytes, data: bytes | bytearray) -> bool:
+        """Queue a closed small blob for the helper; False while it is not started yet (write it here)."""
+        with self._lock:
+            self._small += 1
+            if self._small <= HELPER_AFTER:
+                return False
+            if self._proc is None:
+                self._proc = _start_helper(self._fs.root)
+            self._out += b"B" + digest + len(data).to_bytes(4, "little")
+            self._out += data
+            if len(self._out) >= SEND_BYTES:
+                self._send()
+        return True
+
+    def _send(self) -> None:
+        """Write the queued records to the helper (under ``_lock``; blocks while the helper is behind)."""
+        proc = self._proc
+        if proc is None or not self._out:
+            return
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(self._out)
+        except (BrokenPipeError, OSError) as e:
+            raise StorageError(f"the blob helper process is gone (exit status {proc.poll()}): {e}") from e
+        self._out.clear()
+
+    def commit_behind(self) -> None:
+        with self._lock:
+            if self._proc is not None:
+                self._out += b"C"
+                self._send()
+        self._local.commit_behind()
+
+    def commit(self, precommit: Precommit | None = None) -> None:
+        if precommit is not None:
+            try:
+                precommit()
+            except BaseException:
+                self.abort()
+                raise
+        with self._lock:
+            proc = self._proc
+            if proc is not None:
+                self._out += b"D"
+                self._send()
+                assert proc.stdout is not None
+                answer = proc.stdout.readline().decode(errors="replace").rstrip("\n")
+                self._stop()  # the next small blobs of this batch (if any) start a new one
+                if answer != "ok":
+                    self._local.abort()
+                    raise StorageError(answer.removeprefix("error ") or "the blob helper process exited")
+        self._local.commit()
+
+    def abort(self) -> None:
+        with self._lock:
+            self._out.clear()
+            self._stop()
+        self._local.abort()
+
+    def _stop(self) -> None:
+        proc, self._proc = self._proc, None
+        self._small = 0
+        if proc is None:
+            return
+        try:
+            assert proc.stdin is not None
+            proc.stdin.close()  # end of input: the helper aborts what is uncommitted and exits
+        except OSError:
+            pass
+        proc.wait()
+
+
+class _HelperWriter(BlobWriter):
+    """Keeps a blob in memory up to ``SMALL_BLOB`` (then hands it to the helper), else writes it locally."""
+
+    def __init__(self, batch: HelperBlobBatch) -> None:
+        self._batch = batch
+        self._data: bytearray | None = bytearray()
+        self._hasher = blake3.blake3()
+        self._local: BlobWriter | None = None
+        self._digest: B3Digest | None = None
+        self._done = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self._done:
+            raise AlreadyClosed("blob writer already closed")
+        if self._local is not None:
+            return self._local.write(data)
+        assert self._data is not None
+        if len(self._data) + len(data) > SMALL_BLOB:
+            self._local = self._batch._local.open_write()
+            self._local.write(self._data)
+            self._data = None
+            return self._local.write(data)
+        self._data += data
+        self._hasher.update(data)
+        return len(data)
+
+    def close(self, precommit: Precommit | None = None) -> B3Digest:
+        if self._digest is not None:
+            return self._digest
+        if self._done:
+            raise AlreadyClosed("blob writer was aborted or previously closed with an error")
+        self._done = True
+        if self._local is not None:
+            self._digest = self._local.close(precommit)
+            return self._digest
+        data, self._data = self._data, None
+        assert data is not None
+        digest = B3Digest(self._hasher.digest())
+        if precommit is not None or not self._batch._take(digest, data):
+            local = self._batch._local.open_write()
+            local.write(data)
+            digest = local.close(precommit)
+        self._digest = digest
+        return digest
+
+    def abort(self) -> None:
+        self._done = True
+        self._data = None
+        if self._local is not None:
+            self._local.abort()
+
+
+def _start_helper(root: str) -> subprocess.Popen[bytes]:
+    """Start ``python -m tvixd.blobservice.fs_helper ROOT`` with this tvixd on its path."""
+    import tvixd
+
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(tvixd.__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = package_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tvixd.blobservice.fs_helper", root],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+        bufsize=0,
+    )
+    assert proc.stdin is not None
+    try:
+        import fcntl
+
+        # Room for the importer to run ahead: with the default 64 KiB pipe the two took turns.
+        fcntl.fcntl(proc.stdin.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    except (ImportError, AttributeError, OSError):
+        pass  # a smaller pipe only means less overlap
+    return proc
+
+
+def serve(root: str, inp: object, out: object) -> int:
+    """The helper's loop over its input records (see the module docstring); returns the exit status."""
+    import signal
+
+    # Ctrl-C reaches the whole process group: the importer decides, and ends the input to abort.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    read = inp.read  # type: ignore[attr-defined]
+    service = FsBlobService(root)
+    batch = service.batch()
+    failed: str | None = None
+    try:
+        while kind := read(1):
+            if kind == b"B":
+                head = read(36)
+                data = read(int.from_bytes(head[32:36], "little"))
+                if failed is not None:
+                    continue  # this commit fails anyway: its blobs are discarded
+                try:
+                    with batch.open_write() as writer:
+                        writer.write(data)
+                        got = writer.close()
+                    if got != head[:32]:
+                        raise DataLoss(f"blob sent as {B3Digest(head[:32])} hashes to {got}")
+                except TvixError as e:
+                    failed = str(e)
+                    batch.abort()
+            elif kind == b"C":
+                if failed is None:
+                    try:
+                        batch.commit_behind()
+                    except TvixError as e:
+                        failed = str(e)
+                        batch.abort()
+            elif kind == b"D":
+                if failed is None:
+                    try:
+                        batch.commit()
+                    except TvixError as e:
+                        failed = str(e)
+                out.write(b"ok\n" if failed is None else f"error {failed}\n".encode())  # type: ignore[attr-defined]
+                out.flush()  # type: ignore[attr-defined]
+                failed = None
+            else:
+                raise SystemExit(f"tvixd blob helper: unknown record {kind!r}")
+    finally:
+        batch.abort()  # end of input without a commit: nothing uncommitted becomes visible
+        service.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(serve(sys.argv[1], open(sys.stdin.fileno(), "rb", buffering=PIPE_BYTES, closefd=False), sys.stdout.buffer))
