@@ -25,9 +25,9 @@ Run as ``python -m tvixd.blobservice.fs_helper BLOB_DIR``.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import threading
+from typing import TYPE_CHECKING
 
 import blake3
 
@@ -35,6 +35,9 @@ from tvixd.blobservice.base import BlobBatch, BlobWriter, Precommit
 from tvixd.blobservice.fs import SMALL_BLOB, FsBlobBatch, FsBlobService
 from tvixd.castore.digest import B3Digest
 from tvixd.errors import AlreadyClosed, DataLoss, StorageError, TvixError
+
+if TYPE_CHECKING:  # subprocess only once a helper is started: a small tree never starts one
+    import subprocess
 
 HELPER_AFTER = 64
 """Small blobs written in-process before the helper is started: a small tree does not pay for starting it."""
@@ -196,6 +199,8 @@ class _HelperWriter(BlobWriter):
 
 def _start_helper(root: str) -> subprocess.Popen[bytes]:
     """Start ``python -m tvixd.blobservice.fs_helper ROOT`` with this tvixd on its path."""
+    import subprocess
+
     import tvixd
 
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(tvixd.__file__)))
