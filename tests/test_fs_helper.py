@@ -143,6 +143,17 @@ def test_bulk_batch_dead_helper_fails_the_commit(service, tmp_path):
     assert not any(service.has(d) for d in digests)
 
 
+def test_bulk_batch_without_a_helper_writes_everything_itself(service, tmp_path, monkeypatch):
+    """If the helper can't be started (no interpreter there), the batch stores every blob in-process."""
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    batch = service.bulk_batch()
+    blobs = [os.urandom(500) for _ in range(fs_helper.HELPER_AFTER + 20)]
+    digests = [_write(batch, data) for data in blobs]
+    assert batch._proc is None and batch._no_helper
+    batch.commit()
+    assert all(service.has(d) for d in digests)
+
+
 def test_serve_protocol_in_process(tmp_path):
     """The helper's loop itself: blobs, a commit answered "ok", a refused blob answered with its error,
     and end of input discarding what was not committed."""

@@ -67,6 +67,7 @@ class HelperBlobBatch(BlobBatch):
         self._local = FsBlobBatch(service)
         self._lock = threading.Lock()  # writers may close from several threads
         self._small = 0
+        self._no_helper = False  # set if starting one failed: the rest is written here
         self._proc: subprocess.Popen[bytes] | None = None
         self._out = bytearray()  # records not yet sent
 
@@ -77,10 +78,14 @@ class HelperBlobBatch(BlobBatch):
         """Queue a closed small blob for the helper; False while it is not started yet (write it here)."""
         with self._lock:
             self._small += 1
-            if self._small <= HELPER_AFTER:
+            if self._small <= HELPER_AFTER or self._no_helper:
                 return False
             if self._proc is None:
-                self._proc = _start_helper(self._fs.root)
+                try:
+                    self._proc = _start_helper(self._fs.root)
+                except OSError:
+                    self._no_helper = True  # no interpreter to run it (or no memory): write them here
+                    return False
             self._out += b"B" + digest + len(data).to_bytes(4, "little")
             self._out += data
             if len(self._out) >= SEND_BYTES:
