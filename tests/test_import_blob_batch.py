@@ -71,25 +71,10 @@ def test_fs_batch_commit_fails_on_a_files_writeback_error(tmp_path, monkeypatch,
     """A temp file whose writeback failed fails the commit even when the shared syncfs reported nothing
     (the filesystem's error may have gone to another batch's syncfs): nothing visible, nothing left.
     The disk error is simulated (the per-file wait answers EIO); anonymous and named temp files."""
-    import ctypes
-    import errno
-
     from tvixd.blobservice import fs
 
-    real = fs._load_sync_file_range()
     service = from_addr(f"fs://{tmp_path / 'blobs'}")
-    if real is None or service.group is None:
-        pytest.skip("no syncfs / sync_file_range here")
-    checked: list[int] = []
-
-    def failing_wait(fd: int, offset: int, nbytes: int, flags: int) -> int:
-        if flags == fs.SYNC_FILE_RANGE_WAIT_AFTER:
-            checked.append(fd)
-            ctypes.set_errno(errno.EIO)
-            return -1
-        return real(fd, offset, nbytes, flags)
-
-    monkeypatch.setattr(fs, "_load_sync_file_range", lambda: failing_wait)
+    checked = _failing_writeback_wait(monkeypatch)
     if named:
         monkeypatch.setattr(fs, "_fd_budget", lambda: 0)  # no anonymous temp files: named ones
     batch = service.batch()

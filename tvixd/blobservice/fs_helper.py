@@ -244,35 +244,27 @@ def serve(root: str, inp: object, out: object) -> int:
             if kind == b"B":
                 head = read(36)
                 data = read(int.from_bytes(head[32:36], "little"))
-                if failed is not None:
-                    continue  # this commit fails anyway: its blobs are discarded
+            elif kind not in (b"C", b"D"):
+                raise SystemExit(f"tvixd blob helper: unknown record {kind!r}")
+            if failed is None:  # else this commit fails anyway: its blobs are discarded
                 try:
-                    with batch.open_write() as writer:
-                        writer.write(data)
-                        got = writer.close()
-                    if got != head[:32]:
-                        raise DataLoss(f"blob sent as {B3Digest(head[:32])} hashes to {got}")
+                    if kind == b"B":
+                        with batch.open_write() as writer:
+                            writer.write(data)
+                            got = writer.close()
+                        if got != head[:32]:
+                            raise DataLoss(f"blob sent as {B3Digest(head[:32])} hashes to {got}")
+                    elif kind == b"C":
+                        batch.commit_behind()
+                    else:
+                        batch.commit()
                 except TvixError as e:
                     failed = str(e)
                     batch.abort()
-            elif kind == b"C":
-                if failed is None:
-                    try:
-                        batch.commit_behind()
-                    except TvixError as e:
-                        failed = str(e)
-                        batch.abort()
-            elif kind == b"D":
-                if failed is None:
-                    try:
-                        batch.commit()
-                    except TvixError as e:
-                        failed = str(e)
+            if kind == b"D":
                 out.write(b"ok\n" if failed is None else f"error {failed}\n".encode())  # type: ignore[attr-defined]
                 out.flush()  # type: ignore[attr-defined]
                 failed = None
-            else:
-                raise SystemExit(f"tvixd blob helper: unknown record {kind!r}")
     finally:
         batch.abort()  # end of input without a commit: nothing uncommitted becomes visible
         service.close()
