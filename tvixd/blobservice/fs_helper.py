@@ -121,11 +121,13 @@ class HelperBlobBatch(BlobBatch):
         with self._lock:
             proc = self._proc
             if proc is not None:
-                self._out += b"D"
-                self._send()
-                assert proc.stdout is not None
-                answer = proc.stdout.readline().decode(errors="replace").rstrip("\n")
-                self._stop()  # the next small blobs of this batch (if any) start a new one
+                try:
+                    self._out += b"D"
+                    self._send()
+                    assert proc.stdout is not None
+                    answer = proc.stdout.readline().decode(errors="replace").rstrip("\n")
+                finally:
+                    self._stop()  # (the next small blobs of this batch, if any, start a new one)
                 if answer != "ok":
                     self._local.abort()
                     raise StorageError(answer.removeprefix("error ") or "the blob helper process exited")
