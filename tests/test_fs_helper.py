@@ -95,6 +95,19 @@ def test_bulk_batch_stores_small_blobs_through_a_helper(service, tmp_path):
     assert all(service.has(d) for d in more)
 
 
+def test_bulk_batch_sends_no_stored_blob_to_the_helper(service, tmp_path):
+    """Blobs stored already (a re-import) are not sent: no helper is started for them."""
+    blobs = [os.urandom(300) for _ in range(fs_helper.HELPER_AFTER + 30)]
+    first = service.bulk_batch()
+    digests = [_write(first, data) for data in blobs]
+    first.commit()
+    again = service.bulk_batch()
+    assert [_write(again, data) for data in blobs] == digests
+    assert again._proc is None and not _helpers(tmp_path / "blobs")
+    again.commit()
+    assert all(service.has(d) for d in digests)
+
+
 def test_bulk_batch_commit_behind_reaches_the_helper(service, tmp_path):
     batch = service.bulk_batch()
     digests = [_write(batch, os.urandom(2000)) for _ in range(fs_helper.HELPER_AFTER + 40)]
