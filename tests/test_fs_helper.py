@@ -72,27 +72,51 @@ def _gone(root, timeout: float = 20.0) -> bool:
     return True
 
 
+def _start(batch) -> list[bytes]:
+    """Write small blobs until the batch's helper is started and ready; their digests."""
+    digests = [_write(batch, os.urandom(700)) for _ in range(fs_helper.HELPER_AFTER + 1)]
+    deadline = time.monotonic() + 30
+    while True:
+        with batch._lock:
+            if batch._proc is not None and (batch._ready or batch._check_ready()):
+                return digests
+        assert time.monotonic() < deadline, "the helper never said ready"
+        time.sleep(0.01)
+
+
 def test_bulk_batch_stores_small_blobs_through_a_helper(service, tmp_path):
     """Past HELPER_AFTER small blobs a helper takes them; big ones stay local; nothing is visible before
     commit (without commit_behind), everything after; the helper exits with the commit."""
     batch = service.bulk_batch()
     assert isinstance(batch, fs_helper.HelperBlobBatch)
-    blobs = [os.urandom(i % 5000) for i in range(fs_helper.HELPER_AFTER + 150)]
+    early = _start(batch)
+    blobs = [os.urandom(i % 5000) for i in range(1, 151)]
     blobs += [os.urandom(SMALL_BLOB + 1), os.urandom(3 * SMALL_BLOB), blobs[-1], b""]  # big ones, a duplicate
     digests = [_write(batch, data) for data in blobs]
     assert digests == [blake3.blake3(data).digest() for data in blobs]
-    assert batch._proc is not None and _running(tmp_path / "blobs")
-    assert not any(service.has(d) for d in digests[1:])  # (the first: b"" may equal the last)
+    assert batch._ready and _running(tmp_path / "blobs")
+    assert not any(service.has(d) for d in early + digests)
     batch.commit()
+    assert all(service.has(d) for d in early)
     for data, digest in zip(blobs, digests, strict=True):
         with service.open_read(digest) as reader:
             assert reader.read() == data
     assert batch._proc is None and _gone(tmp_path / "blobs")
     assert temp_files(tmp_path / "blobs" / "tmp") == []
     # The batch can be used again: a new helper for the next small blobs.
-    more = [_write(batch, os.urandom(100)) for _ in range(fs_helper.HELPER_AFTER + 10)]
+    more = _start(batch) + [_write(batch, os.urandom(100)) for _ in range(10)]
     batch.commit()
     assert all(service.has(d) for d in more)
+
+
+def test_bulk_batch_kills_a_helper_not_ready_by_the_commit(service, tmp_path):
+    """Small trees are done before the helper is up: every blob is written here, the helper killed unused."""
+    batch = service.bulk_batch()
+    digests = [_write(batch, os.urandom(300)) for _ in range(fs_helper.HELPER_AFTER + 5)]
+    assert batch._proc is not None and not batch._ready  # started: it takes ~0.1 s to be ready
+    batch.commit()
+    assert all(service.has(d) for d in digests)
+    assert batch._proc is None and _gone(tmp_path / "blobs")
 
 
 def test_bulk_batch_sends_no_stored_blob_to_the_helper(service, tmp_path):
@@ -110,7 +134,7 @@ def test_bulk_batch_sends_no_stored_blob_to_the_helper(service, tmp_path):
 
 def test_bulk_batch_commit_behind_reaches_the_helper(service, tmp_path):
     batch = service.bulk_batch()
-    digests = [_write(batch, os.urandom(2000)) for _ in range(fs_helper.HELPER_AFTER + 40)]
+    digests = _start(batch) + [_write(batch, os.urandom(2000)) for _ in range(40)]
     batch.commit_behind()
     deadline = time.monotonic() + 20
     while not all(service.has(d) for d in digests):  # the helper's and the local commit, each on its own
@@ -122,7 +146,7 @@ def test_bulk_batch_commit_behind_reaches_the_helper(service, tmp_path):
 
 def test_bulk_batch_abort_leaves_nothing(service, tmp_path):
     batch = service.bulk_batch()
-    digests = [_write(batch, os.urandom(3000)) for _ in range(fs_helper.HELPER_AFTER + 50)]
+    digests = _start(batch) + [_write(batch, os.urandom(3000)) for _ in range(50)]
     assert _running(tmp_path / "blobs")
     batch.abort()
     assert _gone(tmp_path / "blobs")
@@ -134,7 +158,7 @@ def test_bulk_batch_helper_refusal_fails_the_commit(service, tmp_path):
     """A blob the helper finds hashing to another digest fails the commit with its message; nothing of
     that commit is visible (the local blobs neither), no helper is left."""
     batch = service.bulk_batch()
-    digests = [_write(batch, os.urandom(1000)) for _ in range(fs_helper.HELPER_AFTER + 5)]
+    digests = _start(batch) + [_write(batch, os.urandom(1000)) for _ in range(5)]
     assert batch._take(bytes(32), b"not the bytes of an all-zero digest")
     with pytest.raises(errors.StorageError, match="hashes to"):
         batch.commit()
@@ -145,7 +169,7 @@ def test_bulk_batch_helper_refusal_fails_the_commit(service, tmp_path):
 
 def test_bulk_batch_dead_helper_fails_the_commit(service, tmp_path):
     batch = service.bulk_batch()
-    digests = [_write(batch, os.urandom(1000)) for _ in range(fs_helper.HELPER_AFTER + 5)]
+    digests = _start(batch) + [_write(batch, os.urandom(1000)) for _ in range(5)]
     batch._proc.kill()
     batch._proc.wait()
     with pytest.raises(errors.StorageError, match="helper"):
@@ -179,7 +203,7 @@ def test_serve_protocol_in_process(tmp_path):
     root = str(tmp_path / "blobs")
     assert fs_helper.serve(root, io.BytesIO(record + b"D" + bad + b"D" + tail), out) == 0
     lines = out.getvalue().decode().splitlines()
-    assert lines[0] == "ok" and lines[1].startswith("error blob sent as ") and len(lines) == 2
+    assert lines[:2] == ["ready", "ok"] and lines[2].startswith("error blob sent as ") and len(lines) == 3
     service = FsBlobService(root)
     assert service.has(blake3.blake3(good).digest())
     assert not service.has(blake3.blake3(lost).digest())
@@ -214,3 +238,35 @@ def test_killed_import_leaves_no_helper_and_nothing_uncommitted(tmp_path):
     assert [n for n in os.listdir(blobs / "tmp")] == []
     listing = run_tvixd("path-info", "--all", "--json", *store_args(tmp_path))
     assert listing.returncode == 0 and json.loads(listing.stdout) == []
+
+
+def test_helper_runs_this_tvixd_not_one_in_the_current_directory(service, tmp_path, monkeypatch):
+    """`python -m` would put the current directory first on the path: the helper must run our code."""
+    cwd = tmp_path / "cwd"
+    (cwd / "tvixd").mkdir(parents=True)
+    marker = tmp_path / "imported-the-other-tvixd"
+    (cwd / "tvixd" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.chdir(cwd)
+    batch = service.bulk_batch()
+    digests = _start(batch) + [_write(batch, os.urandom(100)) for _ in range(10)]
+    batch.commit()
+    assert all(service.has(d) for d in digests)
+    assert not marker.exists()
+
+
+def test_blobs_held_for_a_helper_that_dies_starting_are_written_here(service, tmp_path, monkeypatch):
+    """A helper that exits before saying ready: the blobs held for it are written in-process, none lost."""
+    real_start = fs_helper._start_helper
+
+    def dying(root: str):
+        proc = real_start(root)
+        proc.kill()
+        proc.wait()
+        return proc
+
+    monkeypatch.setattr(fs_helper, "_start_helper", dying)
+    batch = service.bulk_batch()
+    digests = [_write(batch, os.urandom(400)) for _ in range(fs_helper.HELPER_AFTER + 40)]
+    batch.commit()
+    assert all(service.has(d) for d in digests)
+    assert batch._no_helper

@@ -10,7 +10,7 @@ over a pipe, and the helper stores them through an ordinary
 :class:`~tvixd.blobservice.fs.FsBlobBatch`, hashing them again: what it names a
 blob is what it verified.
 
-Records on the helper's stdin (binary):
+Once started, the helper writes ``ready`` on its stdout. Records on its stdin (binary):
 
 - ``B`` + digest (32 bytes) + size (4 bytes, little-endian) + the bytes: a blob;
 - ``C``: commit behind (``FsBlobBatch.commit_behind``), no answer;
@@ -40,7 +40,15 @@ if TYPE_CHECKING:  # subprocess only once a helper is started: a small tree neve
     import subprocess
 
 HELPER_AFTER = 64
-"""Small blobs written in-process before the helper is started: a small tree does not pay for starting it."""
+"""Small blobs written in-process before the helper is started: a small tree does not pay for starting it.
+
+The blobs after that are held here until the helper says it is ready (starting Python and importing
+the blob service takes it ~0.1 s), then sent. A tree of a few hundred files is done before: its held
+blobs are then written here and the helper killed unused (waiting for it made importing 100 small
+files 0.04 -> 0.14 s; now 0.036 s, against 0.044 s with no helper at all)."""
+
+WAIT_BYTES = 16 << 20
+"""Bytes of blobs held for a helper that is not ready yet, at most; past them blobs are written here."""
 
 SEND_BYTES = 256 << 10
 """Records are sent to the helper in writes of about this size (one pipe write per many small blobs)."""
@@ -69,6 +77,8 @@ class HelperBlobBatch(BlobBatch):
         self._small = 0
         self._no_helper = False  # set if starting one failed: the rest is written here
         self._proc: subprocess.Popen[bytes] | None = None
+        self._ready = False  # the helper said "ready": records are sent from then on
+        self._waiting: list[bytes | bytearray] = []  # blobs queued (in _out) before it was ready
         self._out = bytearray()  # records not yet sent
 
     def open_write(self) -> BlobWriter:
@@ -95,10 +105,30 @@ class HelperBlobBatch(BlobBatch):
                 except OSError:
                     self._no_helper = True  # no interpreter to run it (or no memory): write them here
                     return False
+            if not self._ready and not self._check_ready():
+                if self._proc is None or len(self._out) >= WAIT_BYTES:
+                    return False  # it died starting, or enough is held for it: write this one here
+                self._waiting.append(data)  # written here if the commit comes before the helper is ready
             self._out += b"B" + digest + len(data).to_bytes(4, "little")
             self._out += data
-            if len(self._out) >= SEND_BYTES:
+            if self._ready and len(self._out) >= SEND_BYTES:
                 self._send()
+        return True
+
+    def _check_ready(self) -> bool:
+        """Whether the helper has said "ready" (without waiting for it; under ``_lock``)."""
+        import select
+
+        proc = self._proc
+        assert proc is not None and proc.stdout is not None
+        if not select.select([proc.stdout], [], [], 0)[0]:
+            return False
+        if proc.stdout.readline() != b"ready\n":
+            self._no_helper = True  # it died starting: write the rest here, and what it was to get
+            self._write_here(self._stop())
+            return False
+        self._ready = True
+        self._waiting.clear()  # their records go to the helper
         return True
 
     def _send(self) -> None:
@@ -115,7 +145,7 @@ class HelperBlobBatch(BlobBatch):
 
     def commit_behind(self) -> None:
         with self._lock:
-            if self._proc is not None:
+            if self._ready:
                 self._out += b"C"
                 self._send()
         self._local.commit_behind()
@@ -129,7 +159,13 @@ class HelperBlobBatch(BlobBatch):
                 raise
         with self._lock:
             proc = self._proc
-            if proc is not None:
+            if proc is not None and not self._ready:
+                try:
+                    self._write_here(self._stop())  # started but not ready yet: it was given nothing
+                except BaseException:
+                    self._local.abort()
+                    raise
+            elif proc is not None:
                 try:
                     self._out += b"D"
                     self._send()
@@ -144,21 +180,36 @@ class HelperBlobBatch(BlobBatch):
 
     def abort(self) -> None:
         with self._lock:
-            self._out.clear()
             self._stop()
         self._local.abort()
 
-    def _stop(self) -> None:
+    def _write_here(self, blobs: list[bytes | bytearray]) -> None:
+        """Write blobs held for a helper that never became ready through the local batch."""
+        for data in blobs:
+            with self._local.open_write() as writer:
+                writer.write(data)
+                writer.close()
+
+    def _stop(self) -> list[bytes | bytearray]:
+        """End the helper (killed if not ready: it holds nothing); the blobs held for it, to write here."""
         proc, self._proc = self._proc, None
+        ready, self._ready = self._ready, False
+        held, self._waiting = self._waiting, []
         self._small = 0
+        self._out = bytearray()
         if proc is None:
-            return
+            return held
+        if not ready:
+            proc.kill()  # no need to wait for it to finish starting
         try:
             assert proc.stdin is not None
             proc.stdin.close()  # end of input: the helper aborts what is uncommitted and exits
         except OSError:
             pass
         proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        return held
 
 
 class _HelperWriter(BlobWriter):
@@ -214,7 +265,7 @@ class _HelperWriter(BlobWriter):
 
 
 def _start_helper(root: str) -> subprocess.Popen[bytes]:
-    """Start ``python -m tvixd.blobservice.fs_helper ROOT`` with this tvixd on its path."""
+    """Start ``python -P -m tvixd.blobservice.fs_helper ROOT`` with this tvixd first on its path (the same code)."""
     import subprocess
 
     import tvixd
@@ -223,7 +274,8 @@ def _start_helper(root: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env["PYTHONPATH"] = package_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tvixd.blobservice.fs_helper", root],
+        # -P: not the current directory first on the path, which may hold some other tvixd
+        [sys.executable, "-P", "-m", "tvixd.blobservice.fs_helper", root],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env=env,
@@ -250,6 +302,8 @@ def serve(root: str, inp: object, out: object) -> int:
     service = FsBlobService(root)
     batch = service.batch()
     failed: str | None = None
+    out.write(b"ready\n")  # type: ignore[attr-defined]
+    out.flush()  # type: ignore[attr-defined]
     try:
         while kind := read(1):
             if kind == b"B":
