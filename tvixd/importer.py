@@ -278,13 +278,7 @@ class _Ingest:
 
     def _store_whole(self, data: bytes) -> B3Digest:
         try:
-            writer = self.batch.open_write()
-            try:
-                writer.write(data)
-                return writer.close()
-            except BaseException:
-                writer.abort()
-                raise
+            return self.batch.put_whole(data)
         finally:
             self.budget.release(len(data))
 

@@ -146,6 +146,12 @@ class BlobBatch:
         """A writer whose blob becomes visible at the latest at ``commit()``."""
         return self.service.open_write()
 
+    def put_whole(self, data: bytes | bytearray | memoryview, precommit: Precommit | None = None) -> B3Digest:
+        """Write one blob held whole in memory through a writer of this batch; its digest (aborted on error)."""
+        with self.open_write() as writer:
+            writer.write(data)
+            return writer.close(precommit)
+
     def commit(self, precommit: Precommit | None = None) -> None:
         """Make every blob closed so far durable and visible (``precommit``: see the class docstring)."""
         if precommit is not None:

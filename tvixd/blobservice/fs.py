@@ -21,8 +21,8 @@ Durability: a single write (a daemon Put) fsyncs its file and its fan-out
 directory. :class:`FsBlobBatch` (the embedded import) makes a whole batch durable
 with one ``syncfs`` for the bytes and one for the names, shared with batches
 committing at the same time (:class:`_GroupSync`); the importer has it commit
-behind its walk (``commit_behind``), so those syncs overlap the reading. Single writes do not use
-``syncfs``: it also flushes unrelated dirty data on the same filesystem, so a Put
+behind its walk (``commit_behind``), so those syncs overlap the reading. Single
+writes do not use ``syncfs``: it also flushes unrelated dirty data on the same filesystem, so a Put
 would wait for whatever else the machine is writing (a download, a build), and
 measured it gained no wall time for concurrent Puts: ext4 already merges
 concurrent fsyncs into one journal commit (12 threads, 2-core VM at load 6-10:

@@ -139,7 +139,7 @@ class HelperBlobBatch(BlobBatch):
         assert proc.stdin is not None
         try:
             proc.stdin.write(self._out)
-        except (BrokenPipeError, OSError) as e:
+        except OSError as e:  # BrokenPipeError: it is gone
             raise StorageError(f"the blob helper process is gone (exit status {proc.poll()}): {e}") from e
         self._out.clear()
 
@@ -186,9 +186,7 @@ class HelperBlobBatch(BlobBatch):
     def _write_here(self, blobs: list[bytes | bytearray]) -> None:
         """Write blobs held for a helper that never became ready through the local batch."""
         for data in blobs:
-            with self._local.open_write() as writer:
-                writer.write(data)
-                writer.close()
+            self._local.put_whole(data)
 
     def _stop(self) -> list[bytes | bytearray]:
         """End the helper (killed if not ready: it holds nothing); the blobs held for it, to write here."""
@@ -251,9 +249,7 @@ class _HelperWriter(BlobWriter):
         assert data is not None
         digest = B3Digest(self._hasher.digest())
         if precommit is not None or not self._batch._take(digest, data):
-            local = self._batch._local.open_write()
-            local.write(data)
-            digest = local.close(precommit)
+            digest = self._batch._local.put_whole(data, precommit)
         self._digest = digest
         return digest
 
@@ -314,9 +310,7 @@ def serve(root: str, inp: object, out: object) -> int:
             if failed is None:  # else this commit fails anyway: its blobs are discarded
                 try:
                     if kind == b"B":
-                        with batch.open_write() as writer:
-                            writer.write(data)
-                            got = writer.close()
+                        got = batch.put_whole(data)
                         if got != head[:32]:
                             raise DataLoss(f"blob sent as {B3Digest(head[:32])} hashes to {got}")
                     elif kind == b"C":

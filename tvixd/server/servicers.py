@@ -310,9 +310,7 @@ class BlobBatchServicer:
                         f"PutBlobs call of more than {self.max_blobs} blobs: its answer would exceed the limit "
                         f"max_message_size={self.max_message_bytes} bytes (tvixd daemon --max-message-size)")
                 for data in request.blobs:
-                    with batch.open_write() as writer:  # an exception aborts it
-                        writer.write(data)
-                        digests.append(writer.close())
+                    digests.append(batch.put_whole(data))
             if not digests:
                 raise errors.InvalidRequest("PutBlobsRequest.blobs: no blobs received")
             batch.commit(precommit=_client_stayed(context, "blob batch"))
