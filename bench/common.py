@@ -101,13 +101,10 @@ def measure(
     cmd_factory: Callable[[int], Sequence[str]],
     runs: int,
     env: dict[str, str] | None = None,
-    before_each: Callable[[int], None] | None = None,
 ) -> Measurement:
-    """Run ``cmd_factory(i)`` ``runs`` times (after ``before_each(i)``, untimed) and collect the samples."""
+    """Run ``cmd_factory(i)`` ``runs`` times and collect the samples."""
     m = Measurement()
     for i in range(runs):
-        if before_each is not None:
-            before_each(i)
         m.samples.append(run_once(cmd_factory(i), env=env))
     return m
 
