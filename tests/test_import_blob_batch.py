@@ -201,18 +201,37 @@ def _failing_writeback_wait(monkeypatch) -> list[int]:
     return checked
 
 
-def test_fs_commit_behind_makes_blobs_visible_on_its_own(tmp_path):
-    """Without a further call the blobs closed before commit_behind() become visible (once durable)."""
+def test_fs_commit_behind_names_blobs_at_the_next_call_once_durable(tmp_path, monkeypatch):
+    """The blobs closed before commit_behind() stay invisible while their sync runs; the next
+    commit_behind() after it ended names them (the names made durable by the round it starts)."""
+    from tvixd.blobservice import fs
+
     service = from_addr(f"fs://{tmp_path / 'blobs'}")
+    release = threading.Event()
+    real_wait = fs._GroupSync.wait
+
+    def slow_wait(self) -> None:
+        assert release.wait(30)
+        real_wait(self)
+
+    monkeypatch.setattr(fs._GroupSync, "wait", slow_wait)
     batch = service.batch()
     digests = [_write(batch, os.urandom(2000)) for _ in range(20)]
-    assert not any(service.has(d) for d in digests)
     batch.commit_behind()
-    batch._behind.join()  # the commit's thread
+    first_round = batch._round
+    assert first_round is not None and first_round.thread.is_alive()
+    batch.commit_behind()  # its sync still runs: nothing named
+    assert not any(service.has(d) for d in digests)
+    release.set()
+    first_round.thread.join()
+    assert not any(service.has(d) for d in digests)  # durable, named by the owner's next call
+    batch.commit_behind()
     assert all(service.has(d) for d in digests)
+    assert batch._round is not None and batch._round is not first_round  # syncing the names just given
     assert os.listdir(tmp_path / "blobs" / "tmp") == []
     assert batch._fds == 0
     batch.commit()
+    assert batch._round is None and not batch._named
     service.close()
 
 
@@ -234,13 +253,15 @@ def test_fs_commit_behind_runs_one_at_a_time(tmp_path, monkeypatch):
     batch = service.batch()
     first = [_write(batch, os.urandom(2000)) for _ in range(fs.SMALL_BATCH + 1)]
     batch.commit_behind()
-    thread = batch._behind
+    first_round = batch._round
     second = [_write(batch, os.urandom(2000)) for _ in range(fs.SMALL_BATCH + 1)]
     batch.commit_behind()
-    assert batch._behind is thread  # still the first one
+    assert batch._round is first_round  # still the first one
     assert not any(service.has(d) for d in first + second)
+    assert len(started) == 1
     release.set()
-    thread.join()
+    first_round.thread.join()
+    batch.commit_behind()  # names the first round's blobs, starts syncing the second
     assert all(service.has(d) for d in first) and not any(service.has(d) for d in second)
     batch.commit()
     assert all(service.has(d) for d in second)
@@ -259,11 +280,11 @@ def test_fs_commit_behind_error_surfaces_at_the_next_call(tmp_path, monkeypatch,
     batch = service.batch()
     lost = [_write(batch, os.urandom(100_000)) for _ in range(fs.SMALL_BATCH + 1)]
     batch.commit_behind()
-    batch._behind.join()
-    assert checked
-    monkeypatch.undo()  # the disk is fine again
+    batch._round.thread.join()
     with pytest.raises(errors.StorageError, match="Input/output error"):
         getattr(batch, then)()
+    assert checked
+    monkeypatch.undo()  # the disk is fine again
     assert not any(service.has(d) for d in lost)
     assert os.listdir(tmp_path / "blobs" / "tmp") == []
     assert batch._fds == 0
@@ -284,7 +305,7 @@ def test_fs_abort_waits_for_the_commit_behind(tmp_path, monkeypatch):
     batch.commit_behind()
     discarded = [_write(batch, os.urandom(2000)) for _ in range(3)]
     batch.abort()
-    assert batch._behind is None
+    assert batch._round is None
     assert all(service.has(d) for d in committed)
     assert not any(service.has(d) for d in discarded)
     _failing_writeback_wait(monkeypatch)

@@ -163,7 +163,8 @@ class BlobBatch:
         A hint from a bulk writer that goes on writing meanwhile (the importer, every
         few hundred files), so a backend can overlap its syncs with the writes instead
         of paying them all at the final :meth:`commit`. Each blob stays invisible until
-        it is durable, as with ``commit``; the next ``commit()`` (or ``abort()``) waits
+        it is durable, as with ``commit``, and may become visible only at a later call
+        (fs:// names them at the next one); the next ``commit()`` (or ``abort()``) waits
         for the work started here first and raises its error, if it failed (its blobs
         are then discarded). Called by the batch's owner, like ``commit``. This default
         does nothing: the final ``commit`` does it all.
