@@ -132,6 +132,54 @@ def test_bulk_batch_sends_no_stored_blob_to_the_helper(service, tmp_path):
     assert all(service.has(d) for d in digests)
 
 
+def test_bulk_batch_samples_lookups_in_a_run_of_new_blobs(service, tmp_path, monkeypatch):
+    """After NEW_RUN new blobs in a row only every STORED_SAMPLE-th is looked up; stored blobs sent anyway are
+    written again by the helper, whose naming keeps the stored file; a sampled hit brings back a lookup per
+    blob; a repeated blob is neither looked up nor sent again."""
+    stored = [os.urandom(500) for _ in range(200)]
+    first = service.bulk_batch()
+    for data in stored:
+        first.put_whole(data)
+    first.commit()
+    stored_files = {d: os.stat(service.path_of(blake3.blake3(d).digest())).st_ino for d in stored}
+
+    looked: list[str] = []
+    real_exists = os.path.exists
+    monkeypatch.setattr(fs_helper.os.path, "exists", lambda p: looked.append(p) or real_exists(p))
+    batch = service.bulk_batch()
+    new = [os.urandom(600) for _ in range(fs_helper.NEW_RUN + 3 * fs_helper.STORED_SAMPLE)]
+    digests = [batch.put_whole(data) for data in new]
+    # NEW_RUN lookups, then one in STORED_SAMPLE; the first HELPER_AFTER are written here (looked up again).
+    assert len(looked) == fs_helper.NEW_RUN + 3 + fs_helper.HELPER_AFTER
+    assert batch._new_run > fs_helper.NEW_RUN
+    looked.clear()
+    digests += [batch.put_whole(data) for data in stored]
+    assert batch._new_run < fs_helper.NEW_RUN  # a sampled stored blob: looking up each one again
+    assert len(stored) - fs_helper.STORED_SAMPLE < len(looked) <= len(stored)
+    looked.clear()
+    sent = len(batch._out)
+    assert batch.put_whole(new[0]) == digests[0]  # repeated in the tree: taken already
+    assert not looked and len(batch._out) == sent
+    batch.commit()
+    for data, digest in zip(new + stored, digests, strict=True):
+        with service.open_read(digest) as reader:
+            assert reader.read() == data
+    assert {d: os.stat(service.path_of(blake3.blake3(d).digest())).st_ino for d in stored} == stored_files
+    assert temp_files(tmp_path / "blobs" / "tmp") == [] and _gone(tmp_path / "blobs")
+    assert not batch._taken  # what a batch remembers ends with its commit
+
+
+def test_bulk_batch_forgets_its_digests_when_aborted(service, tmp_path):
+    """After an abort nothing it was given is visible, so a blob sent before must be sent again."""
+    batch = service.bulk_batch()
+    digests = [*_start(batch), batch.put_whole(b"sent, then aborted")]
+    batch.abort()
+    assert not batch._taken
+    assert batch.put_whole(b"sent, then aborted") == digests[-1]
+    batch.commit()
+    assert service.has(digests[-1]) and not any(service.has(d) for d in digests[:-1])
+
+
 def test_bulk_batch_commit_behind_reaches_the_helper(service, tmp_path):
     batch = service.bulk_batch()
     digests = _start(batch) + [_write(batch, os.urandom(2000)) for _ in range(40)]

@@ -156,6 +156,13 @@ def test_fs_batch_writers_from_many_threads(tmp_path):
     assert os.listdir(tmp_path / "blobs" / "tmp") == []
 
 
+def _write_one(service, data: bytes) -> bytes:
+    """A blob written on its own (no batch): visible when close() returns."""
+    with service.open_write() as w:
+        w.write(data)
+        return w.close()
+
+
 def _write(batch, data: bytes) -> bytes:
     w = batch.open_write()
     w.write(data)
@@ -232,6 +239,48 @@ def test_fs_commit_behind_names_blobs_at_the_next_call_once_durable(tmp_path, mo
     assert batch._fds == 0
     batch.commit()
     assert batch._round is None and not batch._named
+    service.close()
+
+
+def test_fs_put_new_skips_the_lookup_and_keeps_a_stored_file(tmp_path):
+    """put_new() (the helper: the importer looked already) writes without looking; a blob that is stored
+    after all keeps its file, and nothing is left behind."""
+    service = from_addr(f"fs://{tmp_path / 'blobs'}")
+    data = os.urandom(3000)
+    stored = _write_one(service, data)
+    inode = os.stat(service.path_of(stored)).st_ino
+    batch = service.batch()
+    assert batch.put_new(data) == stored
+    assert len(batch._pending) == 1  # written again: not looked up
+    fresh = batch.put_new(b"a new one")
+    batch.commit()
+    assert os.stat(service.path_of(stored)).st_ino == inode
+    with service.open_read(fresh) as reader:
+        assert reader.read() == b"a new one"
+    assert os.listdir(tmp_path / "blobs" / "tmp") == [] and batch._fds == 0
+    service.close()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o277])
+def test_fs_blobs_are_read_only_for_everyone_whatever_the_umask(tmp_path, umask):
+    """Temp files are created 0o444; only a umask that takes read bits costs an fchmod, and either way a
+    blob ends up 0o444."""
+    old = os.umask(umask)
+    try:
+        service = from_addr(f"fs://{tmp_path / 'blobs'}")
+    finally:
+        os.umask(old)
+    assert service._chmod == bool(umask & 0o444)
+    os.umask(umask)
+    try:
+        single = _write_one(service, os.urandom(100))
+        batch = service.batch()
+        batched = [_write(batch, os.urandom(n)) for n in (10, 200_000)]
+        batch.commit()
+    finally:
+        os.umask(old)
+    for digest in [single, *batched]:
+        assert os.stat(service.path_of(digest)).st_mode & 0o777 == 0o444
     service.close()
 
 
