@@ -284,6 +284,39 @@ def test_fs_blobs_are_read_only_for_everyone_whatever_the_umask(tmp_path, umask)
     service.close()
 
 
+@pytest.mark.parametrize("empty_path", [True, False])
+def test_fs_batch_names_anonymous_files_with_or_without_at_empty_path(tmp_path, monkeypatch, empty_path):
+    """A batch links its anonymous temp files with AT_EMPTY_PATH where the kernel lets it (root here), else
+    through /proc (without CAP_DAC_READ_SEARCH linkat answers ENOENT): the same blobs either way."""
+    import ctypes
+    import errno
+
+    from tvixd.blobservice import fs
+
+    if fs._load_linkat() is None or fs._load_syncfs() is None:
+        pytest.skip("no linkat / syncfs here")
+    if empty_path and os.geteuid() != 0:
+        pytest.skip("AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH")
+    if not empty_path:
+
+        def refusing_linkat(fd, path, dir_fd, new, flags) -> int:
+            ctypes.set_errno(errno.ENOENT)
+            return -1
+
+        monkeypatch.setattr(fs, "_load_linkat", lambda: refusing_linkat)
+    service = from_addr(f"fs://{tmp_path / 'blobs'}")
+    batch = service.batch()
+    blobs = [os.urandom(n) for n in range(1, fs.SMALL_BATCH * 3)]
+    digests = [_write(batch, data) for data in blobs]
+    batch.commit()
+    assert service._link_anonymous is (fs._link_fd_empty_path if empty_path else fs._link_fd)
+    for data, digest in zip(blobs, digests, strict=True):
+        with service.open_read(digest) as reader:
+            assert reader.read() == data
+    assert os.listdir(tmp_path / "blobs" / "tmp") == [] and batch._fds == 0
+    service.close()
+
+
 def test_fs_commit_behind_runs_one_at_a_time(tmp_path, monkeypatch):
     """A call while a commit runs behind starts nothing; the blobs closed meanwhile wait for the next commit."""
     from tvixd.blobservice import fs

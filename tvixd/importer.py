@@ -295,8 +295,11 @@ class _Ingest:
             self._ordered = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-stream")
         return self._ordered
 
-    def _file(self, path: bytes, name: bytes) -> tuple[Future[B3Digest] | _Done, int, bool]:
-        """Read one regular file once: NAR bytes in this thread, blob bytes to the writers."""
+    def _file(self, path: bytes, name: bytes | None) -> tuple[Future[B3Digest] | _Done, int, bool]:
+        """Read one regular file once: NAR bytes in this thread, blob bytes to the writers.
+
+        ``name``: the directory entry the file is written as (None: the NAR's root node).
+        """
         try:
             # O_NOFOLLOW/O_NONBLOCK: if the entry was swapped for a symlink or FIFO since the
             # directory was listed, fail (or notice via fstat) instead of following or blocking.
@@ -315,18 +318,26 @@ class _Ingest:
                 )
             executable = bool(st.st_mode & stat.S_IXUSR)
             nar = self.nar
-            nar.file_start(size, executable)
             if size <= CHUNK_SIZE:
                 data = self._read_exact(fd, path, size)
-                nar.file_chunk(data)
-                self.budget.acquire(size)
-                if self.pool is None and self.files_done >= POOL_AFTER_FILES and self.workers and self.putter:
-                    self._start_pool()
-                if self.pool is None:
-                    future: Future[B3Digest] | _Done = _Done(self._store_whole(data))
+                if name is None:
+                    nar.file(size, executable, (data,))
                 else:
-                    future = self.pool.submit(self._store_whole, data)
+                    nar.entry_file(name, data, executable)  # one call: most files are small
+                if not self.workers:
+                    future: Future[B3Digest] | _Done = _Done(self.batch.put_whole(data))
+                else:
+                    self.budget.acquire(size)
+                    if self.pool is None and self.files_done >= POOL_AFTER_FILES and self.putter:
+                        self._start_pool()
+                    if self.pool is None:
+                        future = _Done(self._store_whole(data))
+                    else:
+                        future = self.pool.submit(self._store_whole, data)
             else:
+                if name is not None:
+                    nar.entry_start(name)
+                nar.file_start(size, executable)
                 stream = _StreamedBlob(self.batch.open_write(), self.budget)
                 self.streams.append(stream)
                 ordered = self.ordered()
@@ -342,7 +353,9 @@ class _Ingest:
                 if os.read(fd, 1):
                     raise IngestError(f"{show_path(path)}: file grew while importing")
                 future = ordered.submit(stream.close)
-            nar.file_end()
+                nar.file_end()
+                if name is not None:
+                    nar.entry_end()
         except OSError as e:
             raise _os_error(path, e) from None
         finally:
@@ -434,22 +447,20 @@ class _Ingest:
                 is_file = not is_link and not is_dir and entry.is_file(follow_symlinks=False)
             except OSError as e:
                 raise _os_error(path, e) from None
-            nar.entry_start(name)
             if is_dir:
                 child = _PendingDir()
                 pending.dirs.append((name, child))
+                nar.entry_start(name)
                 nar.directory_start()
                 stack.append((iter(self._scan(path)), child))
-                continue
-            if is_link:
-                target = self._readlink(path)
-                nar.symlink(target)
-                pending.symlinks.append((name, target))
             elif is_file:
-                pending.files.append((name, *self._file(path, name)))
+                pending.files.append((name, *self._file(path, name)))  # written as an entry
+            elif is_link:
+                target = self._readlink(path)
+                nar.entry_symlink(name, target)
+                pending.symlinks.append((name, target))
             else:
                 raise _special(path)
-            nar.entry_end()
         return root_pending
 
     def _shutdown(self) -> None:
@@ -492,7 +503,7 @@ class _Ingest:
                 self.nar.symlink(target)
                 entry = (SYMLINK, b"", target, 0, False)
             elif stat.S_ISREG(st.st_mode):
-                future, size, executable = self._file(path, b"")
+                future, size, executable = self._file(path, None)
                 entry = (FILE, b"", bytes(future.result()), size, executable)
                 self.batch.commit()
             else:

@@ -792,14 +792,15 @@ class FsBlobBatch(BlobBatch):
             if round_.shared_sync:
                 for source, _ in pending:
                     _check_writeback(source)
+            link, named = fs._link_anonymous, self._named
             for source, final in pending:
-                if fs._place(source, final):
-                    self._named.add(fs.root)
+                if fs._place(source, final, link):
+                    named.add(fs.root)
                 done += 1
                 if isinstance(source, int):
                     os.close(source)
                     self._release_fds(1)
-                self._named.add(os.path.dirname(final))
+                named.add(final.rpartition("/")[0])  # (os.path.dirname: 4x the time, 50,000 blobs per import)
         except OSError as e:
             self._discard(pending[done:])
             raise _os_error(e, "commit blobs in", fs.root) from e
@@ -846,8 +847,9 @@ class FsBlobBatch(BlobBatch):
             if precommit is not None:
                 precommit()  # raising: the except below discards every blob
             fan_outs = {fs.root} | existing
+            link = fs._link_anonymous if group is not None else _link_fd  # (a small batch loads no ctypes)
             for source, final in pending:
-                fs._place(source, final)  # a duplicate in the batch replaces (or is) identical bytes
+                fs._place(source, final, link)  # a duplicate in the batch replaces (or is) identical bytes
                 done += 1
                 if isinstance(source, int):
                     os.close(source)
@@ -898,9 +900,13 @@ def _check_writeback(source: str | int) -> None:
     sync_file_range = _load_sync_file_range()
     if sync_file_range is None:
         return
+    if isinstance(source, int):  # the held descriptor (most blobs: no context manager around the call)
+        if sync_file_range(source, 0, 0, SYNC_FILE_RANGE_WAIT_AFTER) != 0:
+            _raise_errno("temp file")
+        return
     with _opened(source) as fd:
         if sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WAIT_AFTER) != 0:
-            _raise_errno(source if isinstance(source, str) else "temp file")
+            _raise_errno(source)
 
 
 def _fsync_source(source: str | int) -> None:
@@ -919,6 +925,30 @@ def _opened(source: str | int) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
+
+
+AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
+
+
+@functools.cache
+def _load_linkat() -> Callable[[int, bytes, int, bytes, int], int] | None:
+    """libc's ``linkat``: Python's ``os.link`` cannot pass ``AT_EMPTY_PATH`` (loaded on first use)."""
+    import ctypes
+
+    return _load_libc("linkat", ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int)
+
+
+def _link_fd_empty_path(fd: int, final: str) -> None:
+    """Give an anonymous file its name with ``linkat(fd, "", AT_FDCWD, final, AT_EMPTY_PATH)``.
+
+    Why: no lookup through /proc (15-18 instead of 19-25 µs per link on this VM; a bulk
+    import links every blob). Needs CAP_DAC_READ_SEARCH: see ``FsBlobService._link_anonymous``.
+    """
+    linkat = _load_linkat()
+    assert linkat is not None
+    if linkat(fd, b"", AT_FDCWD, os.fsencode(final), AT_EMPTY_PATH) != 0:
+        _raise_errno(final)  # an OSError of the errno's subclass (FileExistsError, FileNotFoundError)
 
 
 def _link_fd(fd: int, final: str) -> None:
@@ -998,6 +1028,29 @@ class FsBlobService(BlobService):
         except OSError as e:
             raise _os_error(e, "clean temp files in", self.tmp_dir) from e
 
+    @functools.cached_property
+    def _link_anonymous(self) -> Callable[[int, str], None]:
+        """How a batch names its anonymous temp files: ``AT_EMPTY_PATH`` where the kernel allows it, else /proc.
+
+        Probed once per service, on a batch's first naming (ctypes is loaded by then for its
+        ``syncfs``; a one-file write keeps the /proc link and never loads it).
+        """
+        if _load_linkat() is None:
+            return _link_fd
+        probe = os.path.join(self.tmp_dir, self._tmp_name())
+        try:
+            fd = os.open(self.tmp_dir, os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return _link_fd
+        try:
+            _link_fd_empty_path(fd, probe)
+            os.unlink(probe)
+            return _link_fd_empty_path
+        except OSError:
+            return _link_fd  # ENOENT without CAP_DAC_READ_SEARCH
+        finally:
+            os.close(fd)
+
     def _probe_anonymous_tmp(self) -> bool:
         """Whether O_TMPFILE and linking it through /proc work here (Linux 3.11+, most filesystems, /proc mounted).
 
@@ -1056,9 +1109,12 @@ class FsBlobService(BlobService):
         if fd is not None:
             os.close(fd)
 
-    def _place(self, source: str | int, final: str) -> bool:
-        """Give a temp file (path, or anonymous fd) its blob name, not yet durably; True if the fan-out dir is new."""
-        place = os.rename if isinstance(source, str) else _link_fd
+    def _place(self, source: str | int, final: str, link: Callable[[int, str], None] = _link_fd) -> bool:
+        """Give a temp file (path, or anonymous fd) its blob name, not yet durably; True if the fan-out dir is new.
+
+        ``link`` names an anonymous one (:attr:`_link_anonymous` for a batch's many).
+        """
+        place = os.rename if isinstance(source, str) else link
         try:
             place(source, final)  # type: ignore[arg-type]
             return False
