@@ -327,7 +327,7 @@ def area_import(cfg: Config) -> tuple[list[Row], str]:
         "Trees: " + "; ".join(described) + ". Embedded store (fs:// blobs + sqlite://), fresh per import run; "
         "nix into a fresh throw-away `--store` per run; nothing is deleted until the area's last run (files "
         "created right after many were deleted cost several times more on this VM's journal-less ext4: "
-        "`bench.common.RECENTLY_DELETED_SECONDS`). Median of {cfg.runs} runs ({cfg.heavy_runs} for the "
+        f"`bench.common.RECENTLY_DELETED_SECONDS`). Median of {cfg.runs} runs ({cfg.heavy_runs} for the "
         "small-file tree and the big file) after one untimed warm-up, tvixd and nix interleaved, `sync` before "
         "each run (bench/import_bench.py `compare`). NAR calculation: a process that renders the NAR of the "
         "imported path from the store and hashes it, checked equal to `nix-hash`'s result."
