@@ -242,9 +242,15 @@ def test_fs_commit_behind_names_blobs_at_the_next_call_once_durable(tmp_path, mo
     service.close()
 
 
-def test_fs_put_new_skips_the_lookup_and_keeps_a_stored_file(tmp_path):
+@pytest.mark.parametrize("anonymous", [True, False])
+def test_fs_put_new_skips_the_lookup_and_keeps_a_stored_file(tmp_path, monkeypatch, anonymous):
     """put_new() (the helper: the importer looked already) writes without looking; a blob that is stored
-    after all keeps its file, and nothing is left behind."""
+    after all keeps its file, and nothing is left behind (anonymous temp files, or named ones once the
+    batch holds its share of descriptors)."""
+    from tvixd.blobservice import fs
+
+    if not anonymous:
+        monkeypatch.setattr(fs, "_fd_budget", lambda: 0)
     service = from_addr(f"fs://{tmp_path / 'blobs'}")
     data = os.urandom(3000)
     stored = _write_one(service, data)
@@ -252,6 +258,7 @@ def test_fs_put_new_skips_the_lookup_and_keeps_a_stored_file(tmp_path):
     batch = service.batch()
     assert batch.put_new(data) == stored
     assert len(batch._pending) == 1  # written again: not looked up
+    assert isinstance(batch._pending[0][0], int) == (anonymous and service._anonymous_tmp)
     fresh = batch.put_new(b"a new one")
     batch.commit()
     assert os.stat(service.path_of(stored)).st_ino == inode

@@ -493,10 +493,9 @@ class _WriteBehind:
 class _FsBlobWriter(BlobWriter):
     """Streams into a temp file in ``tmp/``, hashing as it goes; ``close`` makes it durable and renames it."""
 
-    def __init__(self, service: FsBlobService, batch: FsBlobBatch | None = None, check_stored: bool = True) -> None:
+    def __init__(self, service: FsBlobService, batch: FsBlobBatch | None = None) -> None:
         self._service = service
         self._batch = batch  # set: close() leaves sync and rename to batch.commit()
-        self._check_stored = check_stored  # False: the caller found the blob not stored (FsBlobBatch.put_new)
         self._hasher = blake3.blake3()
         self._small: bytearray | None = bytearray()  # the bytes so far while they fit SMALL_BLOB
         self._file: io.BufferedWriter | io.FileIO | None = None  # over _fd, which it does not close
@@ -515,17 +514,8 @@ class _FsBlobWriter(BlobWriter):
     def _create_tmp(self) -> int:
         """Create the temp file: anonymous if the service can (nothing to rename or clean up), else named."""
         service = self._service
-        tmp_dir = service.tmp_dir
-        try:
-            # Created read-only (blobs are immutable); the descriptor itself is writable.
-            if service._anonymous_tmp and (self._batch is None or self._batch._hold_fd()):
-                self._fd = os.open(tmp_dir, os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o444)
-            else:
-                path = os.path.join(tmp_dir, service._tmp_name())
-                self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
-                self._tmp_path = path
-        except OSError as e:
-            raise _os_error(e, "create a temp file in", tmp_dir) from e
+        anonymous = service._anonymous_tmp and (self._batch is None or self._batch._hold_fd())
+        self._fd, self._tmp_path = service._new_tmp(anonymous)
         return self._fd
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
@@ -562,7 +552,7 @@ class _FsBlobWriter(BlobWriter):
         try:
             digest = B3Digest(self._hasher.digest())
             final = service.path_of(digest)
-            if self._check_stored and os.path.exists(final):
+            if os.path.exists(final):
                 if self._batch is None:
                     service._sync_dir_of(final)  # its writer may have named it and not yet made that durable
                 else:
@@ -693,17 +683,37 @@ class FsBlobBatch(BlobBatch):
     def open_write(self) -> BlobWriter:
         return _FsBlobWriter(self._fs, batch=self)
 
-    def put_new(self, data: bytes | bytearray) -> B3Digest:
+    def put_new(self, data: bytes) -> B3Digest:
         """Write a blob held in memory that the caller found not stored just before: no existence check here.
 
         Why: the blob helper stores what the importer checked before sending it; checking
         again cost it a stat per blob (with the GIL hand-offs, 50,000 small files: its CPU
-        5.9-6.5 -> 4.9-5.4 s together with the umask check below). Stored meanwhile by
-        another writer, the blob keeps that file (naming finds it there: the same bytes).
+        5.9-6.5 -> 4.9-5.4 s together with the umask check). Stored meanwhile by another
+        writer, the blob keeps that file (naming finds it there: the same bytes). No writer
+        object either: the helper does this for every small file of a tree.
         """
-        with _FsBlobWriter(self._fs, batch=self, check_stored=False) as writer:
-            writer.write(data)
-            return writer.close()
+        digest = B3Digest(blake3.blake3(data).digest())
+        fs = self._fs
+        anonymous = fs._anonymous_tmp and self._hold_fd()
+        fd, path = fs._new_tmp(anonymous)  # path None: anonymous
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if fs._chmod:
+                os.fchmod(fd, 0o444)  # blobs are immutable (created so, unless the umask took bits)
+        except OSError as e:
+            os.close(fd)
+            if path is None:
+                self._release_fds(1)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            raise _os_error(e, "write", path or "temp file") from e
+        if path is not None:
+            os.close(fd)  # a named one is reopened for its writeback check when named
+        self._add(fd if path is None else path, fs.path_of(digest))
+        return digest
 
     def _hold_fd(self) -> bool:
         """Reserve a descriptor for an anonymous temp file; False past the budget (use a named one)."""
@@ -1072,6 +1082,17 @@ class FsBlobService(BlobService):
             return False
         finally:
             os.close(fd)
+
+    def _new_tmp(self, anonymous: bool) -> tuple[int, str | None]:
+        """A new temp file for a blob, open for writing: (descriptor, None) if ``anonymous`` (``O_TMPFILE``), else
+        (descriptor, its path). Created read-only (blobs are immutable); the descriptor itself is writable."""
+        try:
+            if anonymous:
+                return os.open(self.tmp_dir, os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o444), None
+            path = os.path.join(self.tmp_dir, self._tmp_name())
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444), path
+        except OSError as e:
+            raise _os_error(e, "create a temp file in", self.tmp_dir) from e
 
     def _tmp_name(self) -> str:
         """A fresh temp file name: unique per process and service (a counter, not a random read per file)."""
