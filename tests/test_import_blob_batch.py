@@ -245,8 +245,8 @@ def test_fs_commit_behind_names_blobs_at_the_next_call_once_durable(tmp_path, mo
 @pytest.mark.parametrize("anonymous", [True, False])
 def test_fs_put_new_skips_the_lookup_and_keeps_a_stored_file(tmp_path, monkeypatch, anonymous):
     """put_new() (the helper: the importer looked already) writes without looking; a blob that is stored
-    after all keeps its file, and nothing is left behind (anonymous temp files, or named ones once the
-    batch holds its share of descriptors)."""
+    after all keeps its file (an anonymous temp file) or gets the same bytes renamed over it (a named one,
+    once the batch holds its share of descriptors), and nothing is left behind."""
     from tvixd.blobservice import fs
 
     if not anonymous:
@@ -258,10 +258,14 @@ def test_fs_put_new_skips_the_lookup_and_keeps_a_stored_file(tmp_path, monkeypat
     batch = service.batch()
     assert batch.put_new(data) == stored
     assert len(batch._pending) == 1  # written again: not looked up
-    assert isinstance(batch._pending[0][0], int) == (anonymous and service._anonymous_tmp)
+    batch_source = batch._pending[0][0]
+    assert isinstance(batch_source, int) == (anonymous and service._anonymous_tmp)
     fresh = batch.put_new(b"a new one")
     batch.commit()
-    assert os.stat(service.path_of(stored)).st_ino == inode
+    if isinstance(batch_source, int):  # linked: the name is taken, the stored file stays
+        assert os.stat(service.path_of(stored)).st_ino == inode
+    with service.open_read(stored) as reader:  # else renamed over it: the same bytes
+        assert reader.read() == data
     with service.open_read(fresh) as reader:
         assert reader.read() == b"a new one"
     assert os.listdir(tmp_path / "blobs" / "tmp") == [] and batch._fds == 0

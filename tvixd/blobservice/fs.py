@@ -689,8 +689,9 @@ class FsBlobBatch(BlobBatch):
         Why: the blob helper stores what the importer checked before sending it; checking
         again cost it a stat per blob (with the GIL hand-offs, 50,000 small files: its CPU
         5.9-6.5 -> 4.9-5.4 s together with the umask check). Stored meanwhile by another
-        writer, the blob keeps that file (naming finds it there: the same bytes). No writer
-        object either: the helper does this for every small file of a tree.
+        writer, the blob keeps that file (a link finds the name taken) or gets the same bytes
+        (a named temp file is renamed over it). No writer object either: the helper does this
+        for every small file of a tree.
         """
         digest = B3Digest(blake3.blake3(data).digest())
         fs = self._fs
