@@ -792,26 +792,44 @@ class FsBlobBatch(BlobBatch):
     def _name_round(self, round_: _SyncRound) -> None:
         """Give the blobs of a round whose sync has ended their names (or discard them and raise its error)."""
         round_.thread.join()
-        pending, fs = round_.pending, self._fs
-        done = 0
-        try:
+        pending = round_.pending
+        with self._discarding(pending):
             if round_.error is not None:
-                error = round_.error
-                if isinstance(error, OSError):
-                    raise _os_error(error, "commit blobs in", fs.root) from error
-                raise error
+                raise round_.error
             if round_.shared_sync:
                 for source, _ in pending:
                     _check_writeback(source)
-            link, named = fs._link_anonymous, self._named
+        self._name(pending, self._fs._link_anonymous, self._named)
+
+    @contextlib.contextmanager
+    def _discarding(self, pending: list[tuple[str | int, str]]) -> Iterator[None]:
+        """On an error inside, discard the blobs of ``pending`` and raise it (an OSError as a StorageError)."""
+        try:
+            yield
+        except OSError as e:
+            self._discard(pending)
+            raise _os_error(e, "commit blobs in", self._fs.root) from e
+        except BaseException:
+            self._discard(pending)
+            raise
+
+    def _name(self, pending: list[tuple[str | int, str]], link: Callable[[int, str], None], dirs: set[str]) -> None:
+        """Give durable temp files their blob names (not yet durably) and close the held descriptors.
+
+        Their fan-out directories go into ``dirs`` (the root too, for a new one): a sync must
+        make those names durable. On an error the blobs not named yet are discarded.
+        """
+        fs = self._fs
+        done = 0
+        try:
             for source, final in pending:
-                if fs._place(source, final, link):
-                    named.add(fs.root)
+                if fs._place(source, final, link):  # a duplicate in the batch replaces (or is) identical bytes
+                    dirs.add(fs.root)
                 done += 1
                 if isinstance(source, int):
                     os.close(source)
                     self._release_fds(1)
-                named.add(final.rpartition("/")[0])  # (os.path.dirname: 4x the time, 50,000 blobs per import)
+                dirs.add(final.rpartition("/")[0])  # (os.path.dirname: 4x the time, 50,000 blobs per import)
         except OSError as e:
             self._discard(pending[done:])
             raise _os_error(e, "commit blobs in", fs.root) from e
@@ -846,8 +864,7 @@ class FsBlobBatch(BlobBatch):
             if precommit is not None:
                 precommit()
             return
-        done = 0
-        try:
+        with self._discarding(pending):
             if group is not None:
                 group.wait()  # shared with batches committing now
                 for source, _ in pending:
@@ -856,26 +873,16 @@ class FsBlobBatch(BlobBatch):
                 for source, _ in pending:
                     _fsync_source(source)
             if precommit is not None:
-                precommit()  # raising: the except below discards every blob
-            fan_outs = {fs.root} | existing
-            link = fs._link_anonymous if group is not None else _link_fd  # (a small batch loads no ctypes)
-            for source, final in pending:
-                fs._place(source, final, link)  # a duplicate in the batch replaces (or is) identical bytes
-                done += 1
-                if isinstance(source, int):
-                    os.close(source)
-                    self._release_fds(1)
-                fan_outs.add(os.path.dirname(final))
+                precommit()  # raising: every blob is discarded
+        fan_outs = {fs.root} | existing
+        self._name(pending, fs._link_anonymous if group is not None else _link_fd, fan_outs)  # (small: no ctypes)
+        try:
             if group is not None:
                 group.wait()
             else:
                 _fsync_dirs(fan_outs)
         except OSError as e:
-            self._discard(pending[done:])
             raise _os_error(e, "commit blobs in", fs.root) from e
-        except BaseException:
-            self._discard(pending[done:])
-            raise
 
     def abort(self) -> None:
         round_, self._round = self._round, None
@@ -1044,23 +1051,12 @@ class FsBlobService(BlobService):
         """How a batch names its anonymous temp files: ``AT_EMPTY_PATH`` where the kernel allows it, else /proc.
 
         Probed once per service, on a batch's first naming (ctypes is loaded by then for its
-        ``syncfs``; a one-file write keeps the /proc link and never loads it).
+        ``syncfs``; a one-file write keeps the /proc link and never loads it). Without
+        CAP_DAC_READ_SEARCH the kernel answers ENOENT.
         """
-        if _load_linkat() is None:
-            return _link_fd
-        probe = os.path.join(self.tmp_dir, self._tmp_name())
-        try:
-            fd = os.open(self.tmp_dir, os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o600)
-        except OSError:
-            return _link_fd
-        try:
-            _link_fd_empty_path(fd, probe)
-            os.unlink(probe)
+        if _load_linkat() is not None and self._can_link_anonymous(_link_fd_empty_path):
             return _link_fd_empty_path
-        except OSError:
-            return _link_fd  # ENOENT without CAP_DAC_READ_SEARCH
-        finally:
-            os.close(fd)
+        return _link_fd
 
     def _probe_anonymous_tmp(self) -> bool:
         """Whether O_TMPFILE and linking it through /proc work here (Linux 3.11+, most filesystems, /proc mounted).
@@ -1068,15 +1064,17 @@ class FsBlobService(BlobService):
         An anonymous temp file needs one directory operation (the link) instead of a
         create and a rename, and a crash leaves nothing behind to clean up.
         """
-        if not hasattr(os, "O_TMPFILE"):
-            return False
+        return hasattr(os, "O_TMPFILE") and self._can_link_anonymous(_link_fd)
+
+    def _can_link_anonymous(self, link: Callable[[int, str], None]) -> bool:
+        """Whether ``link`` gives an anonymous temp file a name here (tried on a probe file, then removed)."""
         probe = os.path.join(self.tmp_dir, self._tmp_name())
         try:
             fd = os.open(self.tmp_dir, os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o600)
         except OSError:
             return False
         try:
-            _link_fd(fd, probe)
+            link(fd, probe)
             os.unlink(probe)
             return True
         except OSError:
