@@ -434,9 +434,11 @@ def test_16_concurrent_clients_mixed_load(tmp_path):
         time.sleep(1.0)
         threads_after, rss_after = _status_kib(d)
         assert calls > 16
-        # Thousands of calls later, at most the worker pool and the quick pool have been added (a per-call
-        # leak would show).
-        assert threads_after <= threads_idle + workers + QUICK_THREADS, (threads_idle, threads_after)
+        # Thousands of calls later, at most the worker pool and the quick pool have been added, and a few
+        # threads grpc's core starts on demand under load (once one more than the pools: 29 of 28); a
+        # per-call leak would add thousands.
+        grpc_core_slack = 4
+        assert threads_after <= threads_idle + workers + QUICK_THREADS + grpc_core_slack, (threads_idle, threads_after)
         assert rss_after - rss_before < 64 * 1024, (rss_before, rss_after)  # KiB
         assert health_status(d.target) == health_pb2.HealthCheckResponse.SERVING
 
