@@ -575,12 +575,7 @@ class _FsBlobWriter(BlobWriter):
                         file.flush()
                         file.close()
                         self._file = None
-                    elif small:
-                        view = memoryview(small)
-                        while view:
-                            view = view[os.write(fd, view) :]
-                    if service._chmod:
-                        os.fchmod(fd, 0o444)  # blobs are immutable (created so, unless the umask took bits)
+                    service._seal_tmp(fd, small)  # (small: None once the bytes went to the file)
                     if self._batch is None:
                         os.fsync(fd)
                     if self._tmp_path is not None:
@@ -698,11 +693,7 @@ class FsBlobBatch(BlobBatch):
         anonymous = fs._anonymous_tmp and self._hold_fd()
         fd, path = fs._new_tmp(anonymous)  # path None: anonymous
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if fs._chmod:
-                os.fchmod(fd, 0o444)  # blobs are immutable (created so, unless the umask took bits)
+            fs._seal_tmp(fd, data)
         except OSError as e:
             os.close(fd)
             if path is None:
@@ -1008,7 +999,6 @@ class FsBlobService(BlobService):
 
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
-        self._chmod = _umask() & 0o444 != 0  # temp files are created 0o444: fchmod only if the umask took bits
         self._prefix = os.path.join(self.root, "")  # the root with exactly one trailing "/"
         self.tmp_dir = os.path.join(self.root, TMP_DIR)
         try:
@@ -1081,6 +1071,23 @@ class FsBlobService(BlobService):
             return False
         finally:
             os.close(fd)
+
+    @functools.cached_property
+    def _chmod(self) -> bool:
+        """Whether a new temp file needs an ``fchmod`` to be 0o444: only if the umask took bits of its creation mode.
+
+        Read on first use, like ``_anonymous_tmp``: a read command (``dump-path``, a mount) writes nothing.
+        """
+        return _umask() & 0o444 != 0
+
+    def _seal_tmp(self, fd: int, data: bytes | bytearray | None) -> None:
+        """Write ``data`` (a small blob, if any) to a new temp file in one piece, and make the file 0o444."""
+        if data:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        if self._chmod:
+            os.fchmod(fd, 0o444)  # blobs are immutable (created so, unless the umask took bits)
 
     def _new_tmp(self, anonymous: bool) -> tuple[int, str | None]:
         """A new temp file for a blob, open for writing: (descriptor, None) if ``anonymous`` (``O_TMPFILE``), else

@@ -103,12 +103,16 @@ class HelperBlobBatch(BlobBatch):
         """A small blob straight to the helper (no writer object: ~10% of the importer's CPU per small file)."""
         if precommit is None and len(data) <= SMALL_BLOB:
             data = data if isinstance(data, bytes) else bytes(data)  # held until sent: must not change
-            digest = B3Digest(blake3.blake3(data).digest())
-            if not self._take(digest, data):
-                self._local.put_whole(data)
-                self._remember(digest)
-            return digest
+            return self._store_small(B3Digest(blake3.blake3(data).digest()), data)
         return super().put_whole(data, precommit)
+
+    def _store_small(self, digest: B3Digest, data: bytes | bytearray, precommit: Precommit | None = None) -> B3Digest:
+        """A hashed small blob to the helper, or (with a precommit, or no helper yet) through the local batch."""
+        if precommit is None and self._take(digest, data):
+            return digest
+        digest = self._local.put_whole(data, precommit)
+        self._remember(digest)
+        return digest
 
     def _take(self, digest: bytes, data: bytes | bytearray) -> bool:
         """Queue a closed small blob for the helper; False while it is not started yet (write it here).
@@ -288,12 +292,8 @@ class _HelperWriter(BlobWriter):
             return self._digest
         data, self._data = self._data, None
         assert data is not None
-        digest = B3Digest(self._hasher.digest())
-        if precommit is not None or not self._batch._take(digest, data):
-            digest = self._batch._local.put_whole(data, precommit)
-            self._batch._remember(digest)
-        self._digest = digest
-        return digest
+        self._digest = self._batch._store_small(B3Digest(self._hasher.digest()), data, precommit)
+        return self._digest
 
     def abort(self) -> None:
         self._done = True
